@@ -1,0 +1,261 @@
+"""`python -m bench <command>`: what every Snakemake rule calls, and what a user can call by hand.
+
+    validate       check a config (schema, names, options) and print the plan's size
+    plan           list the cells of a config
+    prepare-data   load (and verify, or download) a dataset once before the fan-out
+    init-tracking  create the MLflow store and one experiment per study
+    train          run one cell and write its result.json
+    aggregate      a study's tables from its result files
+    report         the HTML + LaTeX report from every study's tables
+
+Config comes from `--configfile F [F ...]` (YAML, merged in order) or `--config-json` (the
+merged config Snakemake passes). Errors the user can fix print one message and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError, ConfigError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--configfile", nargs="+", metavar="YAML", default=None,
+                   help="config files, merged in order (default: config/config.yaml)")
+    g.add_argument("--config-json", metavar="JSON", help="a merged config as JSON text")
+
+
+def load_cli_config(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.config import ROOT, check_config, load_config
+
+    if getattr(args, "config_json", None):
+        try:
+            cfg = json.loads(args.config_json)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config-json is not valid JSON: {e}") from None
+    else:
+        cfg = load_config(args.configfile or [ROOT / "config" / "config.yaml"])
+    return check_config(cfg)
+
+
+def _read_json_arg(text: str, what: str) -> dict[str, Any]:
+    """A JSON object given inline or as @path."""
+    try:
+        if text.startswith("@"):
+            return json.loads(Path(text[1:]).read_text())
+        return json.loads(text)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{what} must be a JSON object or @path to one: {e}") from None
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from bench.config import plan
+
+    cfg = load_cli_config(args)
+    cells = plan(cfg)
+    per_study = Counter(c.study for c in cells)
+    print(f"configuration is valid: {len(cells)} cells")
+    for study, n in per_study.items():
+        s = cfg["studies"][study]
+        print(f"  {study}: {n} cells = {len(s['methods'])} methods x {len(s['models'])} models x "
+              f"{len(s['datasets'])} datasets x {len(s.get('budgets') or ['none'])} budgets x "
+              f"{n // max(1, len(s['methods']) * len(s['models']) * len(s['datasets']) * len(s.get('budgets') or ['none']))} seeds, "
+              f"{s['epochs']} epochs, reference {s['reference']}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.config import config_hash, plan, resolve_cell
+
+    cfg = load_cli_config(args)
+    for cell in plan(cfg, args.study):
+        line = cell.cell_id
+        if args.hash:
+            line += "  " + config_hash(resolve_cell(cfg, cell))
+        print(line)
+    return 0
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from bench.config import DATA_DEFAULTS, deep_merge
+    from bench.data import load_dataset
+    from bench.train import atomic_write_json
+
+    cfg = load_cli_config(args)
+    manifest: dict[str, Any] = {"dataset": args.dataset, "studies": {}}
+    for study, s in cfg["studies"].items():
+        if args.dataset not in s["datasets"]:
+            continue
+        opts = deep_merge(deep_merge(DATA_DEFAULTS, s.get("data") or {}),
+                          (s.get("data_options") or {}).get(args.dataset, {}))
+        print(f"loading {args.dataset} for study {study} from {cfg['data_root']} ...",
+              file=sys.stderr, flush=True)
+        d = load_dataset(args.dataset, opts, Path(cfg["data_root"]))
+        manifest["studies"][study] = {
+            "train": list(d.train_x.shape), "val": list(d.val_x.shape),
+            "num_classes": d.num_classes, "mean": list(d.mean), "std": list(d.std),
+        }
+    if not manifest["studies"]:
+        raise ConfigError(f"no study of this config uses dataset '{args.dataset}'")
+    atomic_write_json(Path(args.out), manifest)
+    print(f"{args.dataset}: ok", file=sys.stderr)
+    return 0
+
+
+def cmd_init_tracking(args: argparse.Namespace) -> int:
+    from bench.config import tracking_uri
+    from bench.tracking import init_store
+    from bench.train import atomic_write_json
+
+    cfg = load_cli_config(args)
+    if not cfg["tracking"]["enabled"]:
+        atomic_write_json(Path(args.out), {"enabled": False})
+        return 0
+    uri = args.tracking_uri or tracking_uri(cfg)
+    experiments = init_store(uri, list(cfg["studies"]), Path(cfg["results"]) / "mlartifacts")
+    atomic_write_json(Path(args.out), {"enabled": True, "tracking_uri": uri,
+                                       "experiments": experiments})
+    print(f"MLflow store {uri}: experiments {experiments}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bench.train import run_cell
+
+    cfg = _read_json_arg(args.cell, "--cell")
+    tracker = None
+    if args.tracking_uri and os.environ.get("MEMREPRO_TRACKING", "on") != "off":
+        from bench.tracking import Tracker
+
+        tracker = Tracker(args.tracking_uri, Path(args.artifact_root) if args.artifact_root
+                          else None)
+    result = run_cell(cfg, Path(args.out), tracker=tracker, threads=args.threads)
+    return 0 if result["status"] in ("ok", "oom", "diverged", "skipped") else 1
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from bench.aggregate import aggregate_study
+    from bench.config import cell_dir, claims_path, plan
+
+    cfg = load_cli_config(args)
+    cells = plan(cfg, args.study)
+    paths = [cell_dir(cfg["results"], c) / "result.json" for c in cells]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise BenchError(f"{len(missing)} of {len(paths)} result files of study '{args.study}' "
+                         f"are missing (first: {missing[0]}); run the workflow to produce them")
+    s = cfg["studies"][args.study]
+    out = aggregate_study(paths, s["reference"], list(s.get("metrics") or ["val_acc", "val_loss"]),
+                          Path(args.claims) if args.claims else claims_path(args.study),
+                          Path(args.out_dir))
+    print(f"{args.study}: {len(paths)} cells -> {', '.join(sorted(str(p) for p in out.values()))}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from bench.config import TRAIN_DEFAULTS, deep_merge, tracking_uri
+    from bench.report import StudyInput, build_report
+    from bench.train import provenance, resolve_device
+
+    cfg = load_cli_config(args)
+    uri = tracking_uri(cfg) if cfg["tracking"]["enabled"] else "(tracking off)"
+    studies = []
+    for name, s in cfg["studies"].items():
+        choices = {
+            "methods": ", ".join(s["methods"]), "models": ", ".join(s["models"]),
+            "datasets": ", ".join(s["datasets"]),
+            "budgets": ", ".join(str(b) for b in s.get("budgets") or ["none"]),
+            "seeds": str(s["seeds"]), "epochs": str(s["epochs"]),
+            **{f"train.{k}": str(v) for k, v in deep_merge(TRAIN_DEFAULTS, s.get("train") or {}).items()},
+            **{f"data.{k}": str(v) for k, v in (s.get("data") or {}).items()},
+            **{f"model.{k}": str(v) for k, v in (s.get("model") or {}).items()},
+            **{f"model_options.{m}": json.dumps(o) for m, o in (s.get("model_options") or {}).items()},
+            **{f"method_options.{m}": json.dumps(o) for m, o in (s.get("method_options") or {}).items()},
+            **{f"variants.{m}": json.dumps(o) for m, o in (s.get("variants") or {}).items()},
+        }
+        studies.append(StudyInput(
+            name=name, description=s.get("description", ""), reference=s["reference"],
+            metrics=list(s.get("metrics") or ["val_acc", "val_loss"]),
+            tables_dir=Path(cfg["results"]) / name / "tables", choices=choices, tracking_uri=uri,
+        ))
+    prov = provenance(resolve_device(cfg["device"]), int(cfg["threads"]))
+    prov["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    prov["command"] = args.command_line or " ".join(sys.argv)
+    out = build_report(studies, Path(args.out_dir), prov, title=cfg["report"]["title"])
+    print("report: " + ", ".join(str(p) for p in out.values()), file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="check a config and print the size of its plan")
+    _add_config_args(s)
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("plan", help="list the cells of a config")
+    _add_config_args(s)
+    s.add_argument("--study", default=None)
+    s.add_argument("--hash", action="store_true", help="print each cell's config hash")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("prepare-data", help="load/verify a dataset once before the fan-out")
+    _add_config_args(s)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True, help="manifest JSON to write")
+    s.set_defaults(func=cmd_prepare_data)
+
+    s = sub.add_parser("init-tracking", help="create the MLflow store and experiments")
+    _add_config_args(s)
+    s.add_argument("--tracking-uri", default=None)
+    s.add_argument("--out", required=True, help="marker JSON to write")
+    s.set_defaults(func=cmd_init_tracking)
+
+    s = sub.add_parser("train", help="run one cell")
+    s.add_argument("--cell", required=True, help="resolved cell config: JSON text or @path")
+    s.add_argument("--out", required=True, help="result.json to write")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--tracking-uri", default=None, help="MLflow URI (omit: tracking off)")
+    s.add_argument("--artifact-root", default=None, help="artifact folder for a local store")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("aggregate", help="a study's tables from its result files")
+    _add_config_args(s)
+    s.add_argument("--study", required=True)
+    s.add_argument("--claims", default=None, help="claims YAML (default config/claims/<study>.yaml)")
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("report", help="HTML + LaTeX report from every study's tables")
+    _add_config_args(s)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--command-line", default=None, help="the command to state in the report")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

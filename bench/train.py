@@ -1,0 +1,605 @@
+"""One cell, end to end: the plain training loop every end-to-end method uses.
+
+    train_one_epoch(run, epoch)  ->  evaluate(run)  ->  run.end_epoch(record)
+
+`run_cell` wraps it with what makes a cell a result: resume from the last epoch checkpoint,
+OOM and divergence recorded as statuses, measurement, MLflow mirroring and an atomic
+`result.json`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench import measure
+from bench.config import ROOT, Cell, config_hash
+from bench.data import DatasetSplits, DeviceLoader, load_dataset
+from bench.methods import METHODS
+from bench.methods.base import Method
+from bench.models import build_model
+
+SCHEMA_VERSION = 1
+NAN_CHECK_EVERY = 50  # steps between divergence checks (each one syncs the device)
+PROGRESS_EVERY_S = 10.0  # seconds between progress lines within an epoch
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """Everything a method's hooks may touch while one cell trains."""
+
+    cfg: dict[str, Any]
+    cell: Cell
+    device: torch.device
+    data: DatasetSplits
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    method: Method
+    generator: torch.Generator  # data order + augmentation; checkpointed
+    train_loader: DeviceLoader
+    out_dir: Path
+    on_epoch: Callable[[Run, dict[str, Any]], None] = lambda run, record: None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # the next epoch to run
+    steps_done: int = 0
+    status: str = "ok"
+    reason: str | None = None
+    # accumulated over every session of the cell (a resumed cell keeps counting)
+    timing: dict[str, float] = field(
+        default_factory=lambda: {"train_s": 0.0, "eval_s": 0.0, "total_s": 0.0,
+                                 "timed_images": 0.0, "timed_s": 0.0, "eval_images": 0.0}
+    )
+    static: dict[str, Any] = field(default_factory=dict)  # compute + static memory, measured once
+
+    @property
+    def epochs(self) -> int:
+        return int(self.cfg["epochs"])
+
+    def set_lr(self, progress_epochs: float) -> float:
+        """Set every param group's lr from the schedule at `progress_epochs` (epoch + fraction)."""
+        train = self.cfg["train"]
+        lr = train["lr"] * lr_factor(train, self.epochs, progress_epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss and accuracy over the full validation split."""
+        with measure.Stopwatch(self.device) as sw:
+            out = evaluate(self.model, self.data, self.cfg["train"]["eval_batch_size"])
+        self.timing["eval_s"] += sw.elapsed_s
+        self.timing["eval_images"] += len(self.data.val_y)
+        return out
+
+    def modelled_peak_mib(self, activation_bytes: int | None) -> float:
+        """Params + grads + optimizer state + saved activations + method buffers, in MiB."""
+        total = (measure.param_bytes(self.model) + measure.grad_bytes(self.model)
+                 + measure.optimizer_state_bytes(self.optimizer) + self.method.buffer_bytes()
+                 + (activation_bytes or 0))
+        return total / measure.MIB
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """Record a finished epoch: history, divergence check, checkpoint, tracking, progress."""
+        record = {"epoch": self.epoch, **record}
+        self.history.append(record)
+        loss = record.get("train_loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            self.status, self.reason = "diverged", f"train loss became {loss} in epoch {self.epoch}"
+        self.epoch += 1
+        self.on_epoch(self, record)
+
+
+def lr_factor(train: dict[str, Any], epochs: int, progress: float) -> float:
+    """Multiplier of the base lr at `progress` epochs into training."""
+    warm = float(train["warmup_epochs"])
+    if warm > 0 and progress < warm:
+        return (progress + 1e-12) / warm
+    if train["schedule"] == "cosine":
+        span = max(epochs - warm, 1e-12)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warm) / span)))
+    if train["schedule"] == "step":
+        return float(train["step_gamma"]) ** sum(progress >= e for e in train["step_epochs"])
+    return 1.0
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: DatasetSplits, batch_size: int) -> dict[str, float]:
+    model.eval()
+    loader = DeviceLoader(data.val_x, data.val_y, batch_size, mean=data.mean, std=data.std,
+                          shuffle=False, augment=False, generator=None)
+    loss_sum = torch.zeros((), device=data.val_x.device)
+    correct = torch.zeros((), device=data.val_x.device, dtype=torch.long)
+    for inputs, targets in loader:
+        logits = model(inputs)  # (B, num_classes)
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+        correct += (logits.argmax(1) == targets).sum()
+    n = len(data.val_y)
+    return {"val_loss": loss_sum.item() / n, "val_acc": correct.item() / n}
+
+
+def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One pass over the training split through the method's `training_step`.
+
+    The first step of every epoch runs under the saved-tensor hooks (activation memory); the
+    throughput clock starts after it and after the run's first `warmup_steps` steps.
+    """
+    model, device, method = run.model, run.device, run.method
+    model.train()
+    n_steps = len(run.train_loader)
+    warmup = int(run.cfg["train"]["warmup_steps"])
+    params = list(model.parameters())
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    activation_bytes: int | None = None
+    clock_start: float | None = None
+    timed_images = 0
+    last_print = time.perf_counter()
+    measure.sync(device)
+    epoch_start = time.perf_counter()
+    for step, (inputs, targets) in enumerate(run.train_loader):
+        run.set_lr(epoch + step / n_steps)
+        if step == 0:
+            out: dict[str, Any] = {}
+
+            def first_step() -> None:
+                out["r"] = method.training_step(run, inputs, targets)
+
+            activation_bytes = measure.saved_activation_bytes(first_step, exclude=params)
+            loss, logits = out["r"]
+        else:
+            loss, logits = method.training_step(run, inputs, targets)
+        batch = targets.shape[0]
+        loss_sum += loss.float() * batch
+        correct += (logits.argmax(1) == targets).sum()
+        seen += batch
+        run.steps_done += 1
+        if clock_start is not None:
+            timed_images += batch
+        elif run.steps_done >= warmup:
+            measure.sync(device)
+            clock_start = time.perf_counter()
+        if (step + 1) % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+            break  # diverged: no point finishing the epoch
+        now = time.perf_counter()
+        if now - last_print > PROGRESS_EVERY_S:
+            last_print = now
+            log(f"  epoch {epoch + 1}/{run.epochs} step {step + 1}/{n_steps} "
+                f"loss {loss_sum.item() / seen:.4f} ({seen / (now - epoch_start):.0f} img/s)")
+    measure.sync(device)
+    end = time.perf_counter()
+    timed_s = end - clock_start if clock_start is not None else 0.0
+    run.timing["train_s"] += end - epoch_start
+    run.timing["timed_images"] += timed_images
+    run.timing["timed_s"] += timed_s
+    return {
+        "train_loss": loss_sum.item() / max(seen, 1),
+        "train_acc": correct.item() / max(seen, 1),
+        "activation_bytes": activation_bytes,
+        "epoch_train_s": end - epoch_start,
+        "train_images_per_s": timed_images / timed_s if timed_s > 0 else None,
+    }
+
+
+def fit(run: Run) -> None:
+    """The plain loop: phase -> train -> evaluate -> record, epoch by epoch."""
+    while run.epoch < run.epochs and run.status == "ok":
+        epoch = run.epoch
+        peak = measure.AcceleratorPeak(run.device)
+        peak.start()
+        epoch_start = time.perf_counter()
+        phase = run.method.on_epoch_start(run, epoch)
+        stats: dict[str, Any] = {}
+        if phase == "train":
+            stats = train_one_epoch(run, epoch)
+        val = run.evaluate()
+        peak_alloc, peak_reserved = peak.stop()
+        act = stats.get("activation_bytes")
+        record = {
+            "phase": phase,
+            "train_loss": stats.get("train_loss"),
+            "train_acc": stats.get("train_acc"),
+            **val,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "epoch_s": time.perf_counter() - epoch_start,
+            "train_images_per_s": stats.get("train_images_per_s"),
+            "peak_alloc_mib": peak_alloc,
+            "peak_reserved_mib": peak_reserved,
+            "activation_mib": act / measure.MIB if act is not None else None,
+            "modelled_peak_mib": run.modelled_peak_mib(act if act is not None
+                                                       else run.static.get("activation_bytes")),
+            **run.method.on_epoch_end(run, epoch),
+        }
+        run.end_epoch(record)
+
+
+# ----------------------------------------------------------------------------- the cell
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from bench.errors import ConfigError
+
+        raise ConfigError(f"device '{name}' was asked for but CUDA is not available here; "
+                          f"use device: auto or cpu")
+    return device
+
+
+def provenance(device: torch.device, threads: int) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    sha = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    import torchvision
+
+    cuda = device.type == "cuda"
+    return {
+        "git_sha": sha,
+        "git_dirty": bool(dirty) if dirty is not None else None,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor()
+        or platform.machine(),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": threads,
+        **measure.cudnn_flags(),
+    }
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (torch.Tensor,)):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf are not JSON: store them as null (the status says why)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def is_oom(err: BaseException) -> bool:
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
+class Checkpoint:
+    """`checkpoint.pt` beside the result: written atomically at every epoch boundary."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / "checkpoint.pt"
+
+    def save(self, run: Run, tracking: dict[str, Any]) -> None:
+        state = {
+            "config_hash": config_hash(run.cfg),
+            "epoch": run.epoch,
+            "steps_done": run.steps_done,
+            "history": run.history,
+            "status": run.status,
+            "reason": run.reason,
+            "timing": run.timing,
+            "static": run.static,
+            "tracking": tracking,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "method": run.method.state_dict(),
+            "generator": run.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        tmp = self.path.with_name(f".checkpoint.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self, expected_hash: str) -> dict[str, Any] | None:
+        """The saved state, or None (no checkpoint, another config, or an unreadable file)."""
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a truncated/corrupted file: start again
+            log(f"checkpoint {self.path} is unreadable ({type(e).__name__}: {e}); "
+                f"starting the cell from scratch")
+            return None
+        if state.get("config_hash") != expected_hash:
+            log(f"checkpoint {self.path} belongs to another config "
+                f"({state.get('config_hash')} != {expected_hash}); starting from scratch")
+            return None
+        return state
+
+    def restore(self, run: Run, state: dict[str, Any]) -> None:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.method.load_state_dict(state["method"])
+        run.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        run.epoch, run.steps_done = state["epoch"], state["steps_done"]
+        run.history, run.timing, run.static = state["history"], state["timing"], state["static"]
+        run.status, run.reason = state["status"], state["reason"]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def measure_static(run: Run) -> dict[str, Any]:
+    """Parameter memory and FLOPs per image, measured once on a copy of the model (so that
+    BatchNorm statistics and RNG streams of the real run are untouched)."""
+    import copy
+
+    batch = min(8, len(run.data.train_y))
+    inputs, targets = next(iter(DeviceLoader(
+        run.data.train_x[:batch], run.data.train_y[:batch], batch, mean=run.data.mean,
+        std=run.data.std, shuffle=False, augment=False, generator=None)))
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        flops = measure.count_flops(copy.deepcopy(run.model), inputs, targets)
+    return {
+        "params": sum(p.numel() for p in run.model.parameters()),
+        **measure.per_image(flops, batch),
+        "image_shape": list(run.data.train_x.shape[1:]),
+        "param_bytes": measure.param_bytes(run.model),
+        "grad_bytes": measure.grad_bytes(run.model),
+    }
+
+
+def build_run(cfg: dict[str, Any], out_dir: Path, device: torch.device) -> Run:
+    cell = Cell(cfg["study"], cfg["method"], cfg["model"], cfg["dataset"], cfg["budget"],
+                cfg["seed_index"])
+    method = METHODS.get(cfg["method_impl"])(cfg["method_options"])
+    data = load_dataset(cfg["dataset"], cfg["data"], Path(cfg["data_root"])).to(device)
+    torch.manual_seed(cfg["seed"])
+    model = build_model(cfg["model"], data.num_classes, data.in_channels,
+                        cfg["model_options"]).to(device)
+    optimizer = method.build_optimizer(model, cfg["train"])
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg["seed"])
+    d = cfg["data"]
+    loader = DeviceLoader(data.train_x, data.train_y, cfg["train"]["batch_size"], mean=data.mean,
+                          std=data.std, shuffle=True, augment=d["augment"],
+                          crop_padding=d["crop_padding"], flip=d["flip"], generator=generator)
+    return Run(cfg=cfg, cell=cell, device=device, data=data, model=model, optimizer=optimizer,
+               method=method, generator=generator, train_loader=loader, out_dir=out_dir)
+
+
+def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
+             threads: int | None = None) -> dict[str, Any]:
+    """Train one cell from its resolved config and write `out_path` (result.json) atomically.
+
+    `tracker` is a `bench.tracking.Tracker` or None (tracking off). Returns the result dict.
+    Unexpected errors propagate (the job fails, the checkpoint stays for a later resume);
+    OOM and divergence are results.
+    """
+    session_start = time.perf_counter()
+    threads = threads or int(cfg.get("threads", 1))
+    torch.set_num_threads(threads)
+    device = resolve_device(cfg.get("device", "auto"))
+    torch.backends.cudnn.benchmark = bool(cfg["train"]["cudnn_benchmark"])
+    out_path = Path(out_path)
+    out_dir = out_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cell = Cell(cfg["study"], cfg["method"], cfg["model"], cfg["dataset"], cfg["budget"],
+                cfg["seed_index"])
+    chash = config_hash(cfg)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    prov = provenance(device, threads)
+    tracking: dict[str, Any] = {"tracking_uri": None, "experiment_id": None, "run_id": None}
+    log(f"cell {cell.cell_id} (config {chash}) on {device}, {threads} thread(s)")
+
+    def start_tracking(resumed_run: str | None) -> None:
+        if tracker is None:
+            return
+        tags = {**{f"axis.{k}": str(v) for k, v in cell.axes().items()},
+                "config_hash": chash, "memrepro.version": "1"}
+        exp_id, run_id = tracker.start_cell(cfg["study"], cell.cell_id, tags, cfg)
+        if resumed_run and resumed_run != run_id:
+            log(f"note: checkpoint named MLflow run {resumed_run}, the store has {run_id}")
+        tracking.update(tracking_uri=tracker.uri, experiment_id=exp_id, run_id=run_id)
+
+    method_cls = METHODS.get(cfg["method_impl"])
+    ok, why = method_cls(cfg["method_options"]).supports(cfg)
+    if not ok:
+        start_tracking(None)
+        result = _result(cfg, cell, chash, "skipped", why, [], {}, {}, {}, {}, prov, started,
+                         None, tracking)
+        atomic_write_json(out_path, result)
+        if tracker is not None:
+            tracker.finish(tracking["run_id"], "skipped", [out_path])
+        log(f"skipped: {why}")
+        return result
+
+    checkpoint = Checkpoint(out_dir)
+    run: Run | None = None
+    resumed_from: int | None = None
+    status, reason = "ok", None
+    try:
+        run = build_run(cfg, out_dir, device)
+        run.method.setup(run)
+        state = checkpoint.load(chash)
+        if state is not None:
+            checkpoint.restore(run, state)
+            resumed_from = run.epoch
+            log(f"resuming from the checkpoint after epoch {run.epoch} of {run.epochs}")
+        start_tracking(state["tracking"]["run_id"] if state else None)
+        if tracker is not None and run.history:
+            tracker.log_epochs(tracking["run_id"], run.history, skip_logged=True)
+        if not run.static:
+            run.static = measure_static(run)
+
+        def on_epoch(r: Run, record: dict[str, Any]) -> None:
+            checkpoint.save(r, tracking)
+            if tracker is not None:
+                tracker.log_epochs(tracking["run_id"], [record])
+            log(_epoch_line(r, record))
+
+        run.on_epoch = on_epoch
+        if run.method.owns_loop:
+            run.method.fit(run)
+        else:
+            fit(run)
+        status, reason = run.status, run.reason
+    except Exception as err:
+        if not is_oom(err):
+            if tracker is not None and tracking["run_id"]:
+                tracker.set_tags(tracking["run_id"], {"error": f"{type(err).__name__}: {err}"[:5000]})
+                tracker.finish(tracking["run_id"], "failed", [])
+            raise
+        status, reason = "oom", f"out of memory: {str(err).splitlines()[0][:500]}"
+        log(f"out of memory: {err}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    history = run.history if run else []
+    timing = dict(run.timing) if run else {}
+    timing["total_s"] = timing.get("total_s", 0.0) + (time.perf_counter() - session_start)
+    final, memory, compute = {}, {}, {}
+    if run is not None:
+        final = _final(run)
+        memory = _memory(run)
+        compute = {k: v for k, v in run.static.items() if k not in ("param_bytes", "grad_bytes")}
+    result = _result(cfg, cell, chash, status, reason, history, final, memory, compute, timing,
+                     prov, started, resumed_from, tracking)
+    atomic_write_json(out_path, result)
+    if tracker is not None and tracking["run_id"]:
+        tracker.client.log_dict(tracking["run_id"], cfg, "config.json")
+        tracker.finish(tracking["run_id"], status, [out_path])
+    checkpoint.remove()
+    log(f"done: status {status}" + (f" ({reason})" if reason else "")
+        + (f", val_acc {final.get('val_acc'):.4f}" if final.get("val_acc") is not None else ""))
+    return result
+
+
+def _epoch_line(run: Run, r: dict[str, Any]) -> str:
+    def f(key: str, fmt: str) -> str:
+        v = r.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    return (f"epoch {r['epoch'] + 1}/{run.epochs} [{r['phase']}] train_loss {f('train_loss', '.4f')} "
+            f"val_loss {f('val_loss', '.4f')} val_acc {f('val_acc', '.4f')} "
+            f"{f('train_images_per_s', '.0f')} img/s {f('epoch_s', '.1f')} s")
+
+
+def _final(run: Run) -> dict[str, Any]:
+    last = run.history[-1] if run.history else {}
+    trained = [h for h in run.history if h.get("train_loss") is not None]
+    final = {
+        "val_acc": last.get("val_acc"),
+        "val_loss": last.get("val_loss"),
+        "train_loss": trained[-1]["train_loss"] if trained else None,
+        "train_acc": trained[-1]["train_acc"] if trained else None,
+        "epochs": len(run.history),
+    }
+    final.update(run.method.final_metrics(run))
+    return final
+
+
+def _memory(run: Run) -> dict[str, Any]:
+    def peak(key: str) -> float | None:
+        values = [h[key] for h in run.history if isinstance(h.get(key), (int, float))]
+        return max(values) if values else None
+
+    return {
+        "param_mib": run.static["param_bytes"] / measure.MIB,
+        "grad_mib": run.static["grad_bytes"] / measure.MIB,
+        "optimizer_state_mib": measure.optimizer_state_bytes(run.optimizer) / measure.MIB,
+        "activation_mib": peak("activation_mib"),
+        "method_buffer_mib": run.method.buffer_bytes() / measure.MIB,
+        "modelled_peak_mib": peak("modelled_peak_mib"),
+        "peak_alloc_mib": peak("peak_alloc_mib"),
+        "peak_reserved_mib": peak("peak_reserved_mib"),
+        "batch_size": run.cfg["train"]["batch_size"],
+    }
+
+
+def _result(cfg: dict[str, Any], cell: Cell, chash: str, status: str, reason: str | None,
+            history: list[dict[str, Any]], final: dict[str, Any], memory: dict[str, Any],
+            compute: dict[str, Any], timing: dict[str, Any], prov: dict[str, Any], started: str,
+            resumed_from: int | None, tracking: dict[str, Any]) -> dict[str, Any]:
+    timed_s = timing.pop("timed_s", 0.0)
+    timed_images = timing.pop("timed_images", 0.0)
+    eval_images = timing.pop("eval_images", 0.0)
+    if timing:
+        timing["train_images_per_s"] = timed_images / timed_s if timed_s > 0 else None
+        timing["eval_images_per_s"] = (eval_images / timing["eval_s"]
+                                       if timing.get("eval_s") else None)
+        timing["timed_images"] = int(timed_images)
+        timing["warmup_steps"] = cfg["train"]["warmup_steps"]
+    finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return _clean({
+        "schema_version": SCHEMA_VERSION,
+        "cell_id": cell.cell_id,
+        "axes": cell.axes(),
+        "status": status,
+        "reason": reason,
+        "config": cfg,
+        "config_hash": chash,
+        "history": history,
+        "final": final,
+        "memory": memory,
+        "compute": compute,
+        "timing": timing,
+        "provenance": {**prov, "started": started, "finished": finished,
+                       "resumed_from_epoch": resumed_from},
+        "mlflow": tracking,
+    })

@@ -1,0 +1,19 @@
+# Per study: cells, history, summary, paired tests, memory summary, claims.
+
+
+rule aggregate:
+    input:
+        results=study_results,
+        claims=study_claims,
+    output:
+        [f"{RESULTS}/{{study}}/tables/{t}.csv" for t in TABLES],
+    log:
+        f"{RESULTS}/logs/aggregate/{{study}}.log",
+    params:
+        config=CONFIG_JSON,
+        out_dir=lambda wildcards: f"{RESULTS}/{wildcards.study}/tables",
+    conda:
+        "../environment.yml"
+    shell:
+        "python -m bench aggregate --config-json {params.config:q} --study {wildcards.study} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -1,0 +1,19 @@
+# One HTML page (figures embedded) and one LaTeX document (PDF figures) for every study.
+
+
+rule report:
+    input:
+        [f"{RESULTS}/{study}/tables/{t}.csv" for study in STUDIES for t in TABLES],
+    output:
+        html=REPORT_HTML,
+        tex=REPORT_TEX,
+    log:
+        f"{RESULTS}/logs/report.log",
+    params:
+        config=CONFIG_JSON,
+        out_dir=f"{RESULTS}/report",
+    conda:
+        "../environment.yml"
+    shell:
+        "python -m bench report --config-json {params.config:q} --out-dir {params.out_dir:q} "
+        "> {log:q} 2>&1"

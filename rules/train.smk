@@ -1,0 +1,23 @@
+# One job per cell. The resolved cell config is a param: changing a setting reruns exactly
+# the cells it affects; a comment edit in a config file reruns nothing.
+
+
+rule train:
+    input:
+        data=ancient(f"{RESULTS}/.prepared/{{dataset}}.json"),
+        tracking=ancient(f"{RESULTS}/.tracking.json"),
+    output:
+        f"{RESULTS}/{CELL_PATH}/result.json",
+    log:
+        f"{RESULTS}/{CELL_PATH}/train.log",
+    params:
+        cell=cell_config_json,
+        tracking=tracking_args(),
+    threads: CONFIG["threads"]
+    resources:
+        mem_mb=4000,
+    conda:
+        "../environment.yml"
+    shell:
+        "python -m bench train --cell {params.cell:q} --out {output:q} "
+        "--threads {threads} {params.tracking} > {log:q} 2>&1"

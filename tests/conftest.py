@@ -1,0 +1,58 @@
+"""Shared fixtures: small configs built in code, and a way to run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.config import ROOT, Cell, check_config, load_config, resolve_cell
+
+TINY_STUDY: dict[str, Any] = {
+    "description": "tiny study for tests",
+    "reference": "sgd",
+    "methods": ["sgd"],
+    "models": ["resnet18_cifar"],
+    "datasets": ["synthetic"],
+    "budgets": ["none"],
+    "seeds": 1,
+    "epochs": 2,
+    "train": {"batch_size": 32, "lr": 0.05, "momentum": 0.9, "warmup_steps": 1},
+    "data": {"image_size": 16, "augment": True},
+    "data_options": {"synthetic": {"n_train": 128, "n_val": 64, "num_classes": 4}},
+    "model": {"width": 0.125},
+}
+
+
+def tiny_config(results: Path, **study_overrides: Any) -> dict[str, Any]:
+    """A validated config with one tiny study `t` writing under `results`."""
+    study = copy.deepcopy(TINY_STUDY)
+    study.update(study_overrides)
+    cfg = {"results": str(results), "device": "cpu", "threads": 1,
+           "data_root": str(results / "data"), "studies": {"t": study}}
+    return check_config(cfg)
+
+
+def tiny_cell(results: Path, method: str = "sgd", seed: int = 0, **study_overrides: Any
+              ) -> dict[str, Any]:
+    cfg = tiny_config(results, **study_overrides)
+    s = cfg["studies"]["t"]
+    return resolve_cell(cfg, Cell("t", method, s["models"][0], s["datasets"][0],
+                                  str(s["budgets"][0]), seed))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd or ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def smoke_config() -> dict[str, Any]:
+    return check_config(load_config([ROOT / "config" / "smoke.yaml"]))
