@@ -22,6 +22,11 @@ include: "rules/aggregate.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    if TRACKING_URI:
+        shell(init_tracking_command())
+
+
 rule all:
     input:
         REPORT_HTML,

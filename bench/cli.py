@@ -86,27 +86,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prepare_data(args: argparse.Namespace) -> int:
+def dataset_spec(cfg: dict[str, Any], dataset: str, study: str | None = None) -> dict[str, Any]:
+    """What loading one dataset depends on: data_root and the data options of each study that
+    uses it (or of one study)."""
     from bench.config import DATA_DEFAULTS, deep_merge
+
+    options = {
+        name: deep_merge(deep_merge(DATA_DEFAULTS, s.get("data") or {}),
+                         (s.get("data_options") or {}).get(dataset, {}))
+        for name, s in cfg["studies"].items()
+        if dataset in s["datasets"] and study in (None, name)
+    }
+    if not options:
+        raise ConfigError(f"no study of this config uses dataset '{dataset}'")
+    return {"data_root": cfg["data_root"], "options": options}
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
     from bench.data import load_dataset
     from bench.train import atomic_write_json
 
-    cfg = load_cli_config(args)
+    if args.spec:
+        spec = _read_json_arg(args.spec, "--spec")
+    else:
+        spec = dataset_spec(load_cli_config(args), args.dataset)
     manifest: dict[str, Any] = {"dataset": args.dataset, "studies": {}}
-    for study, s in cfg["studies"].items():
-        if args.dataset not in s["datasets"]:
-            continue
-        opts = deep_merge(deep_merge(DATA_DEFAULTS, s.get("data") or {}),
-                          (s.get("data_options") or {}).get(args.dataset, {}))
-        print(f"loading {args.dataset} for study {study} from {cfg['data_root']} ...",
+    for study, opts in spec["options"].items():
+        print(f"loading {args.dataset} for study {study} from {spec['data_root']} ...",
               file=sys.stderr, flush=True)
-        d = load_dataset(args.dataset, opts, Path(cfg["data_root"]))
+        d = load_dataset(args.dataset, opts, Path(spec["data_root"]))
         manifest["studies"][study] = {
             "train": list(d.train_x.shape), "val": list(d.val_x.shape),
             "num_classes": d.num_classes, "mean": list(d.mean), "std": list(d.std),
         }
-    if not manifest["studies"]:
-        raise ConfigError(f"no study of this config uses dataset '{args.dataset}'")
     atomic_write_json(Path(args.out), manifest)
     print(f"{args.dataset}: ok", file=sys.stderr)
     return 0
@@ -117,12 +129,18 @@ def cmd_init_tracking(args: argparse.Namespace) -> int:
     from bench.tracking import init_store
     from bench.train import atomic_write_json
 
-    cfg = load_cli_config(args)
-    if not cfg["tracking"]["enabled"]:
-        atomic_write_json(Path(args.out), {"enabled": False})
-        return 0
-    uri = args.tracking_uri or tracking_uri(cfg)
-    experiments = init_store(uri, list(cfg["studies"]), Path(cfg["results"]) / "mlartifacts")
+    if args.study:
+        studies, uri, results = args.study, args.tracking_uri, args.results
+        if not uri:  # the workflow passes an empty URI when tracking is off
+            atomic_write_json(Path(args.out), {"enabled": False})
+            return 0
+    else:
+        cfg = load_cli_config(args)
+        if not cfg["tracking"]["enabled"]:
+            atomic_write_json(Path(args.out), {"enabled": False})
+            return 0
+        studies, uri, results = list(cfg["studies"]), args.tracking_uri or tracking_uri(cfg), cfg["results"]
+    experiments = init_store(uri, studies, Path(results) / "mlartifacts")
     atomic_write_json(Path(args.out), {"enabled": True, "tracking_uri": uri,
                                        "experiments": experiments})
     print(f"MLflow store {uri}: experiments {experiments}", file=sys.stderr)
@@ -134,11 +152,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _read_json_arg(args.cell, "--cell")
     tracker = None
-    if args.tracking_uri and os.environ.get("MEMREPRO_TRACKING", "on") != "off":
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and os.environ.get("MEMREPRO_TRACKING", "on") != "off":
         from bench.tracking import Tracker
 
-        tracker = Tracker(args.tracking_uri, Path(args.artifact_root) if args.artifact_root
-                          else None)
+        root = args.artifact_root or os.environ.get("MEMREPRO_ARTIFACT_ROOT")
+        tracker = Tracker(uri, Path(root) if root else None)
     result = run_cell(cfg, Path(args.out), tracker=tracker, threads=args.threads)
     return 0 if result["status"] in ("ok", "oom", "diverged", "skipped") else 1
 
@@ -220,12 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare-data", help="load/verify a dataset once before the fan-out")
     _add_config_args(s)
     s.add_argument("--dataset", required=True)
+    s.add_argument("--spec", default=None,
+                   help="JSON {data_root, options: {study: data options}} (instead of a config)")
     s.add_argument("--out", required=True, help="manifest JSON to write")
     s.set_defaults(func=cmd_prepare_data)
 
     s = sub.add_parser("init-tracking", help="create the MLflow store and experiments")
     _add_config_args(s)
     s.add_argument("--tracking-uri", default=None)
+    s.add_argument("--study", action="append", default=None,
+                   help="a study to create an experiment for (repeatable; instead of a config)")
+    s.add_argument("--results", default="results", help="results folder (artifacts go below)")
     s.add_argument("--out", required=True, help="marker JSON to write")
     s.set_defaults(func=cmd_init_tracking)
 
@@ -233,8 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cell", required=True, help="resolved cell config: JSON text or @path")
     s.add_argument("--out", required=True, help="result.json to write")
     s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--tracking-uri", default=None, help="MLflow URI (omit: tracking off)")
-    s.add_argument("--artifact-root", default=None, help="artifact folder for a local store")
+    s.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI (default: $MLFLOW_TRACKING_URI; neither: tracking off; "
+                        "MEMREPRO_TRACKING=off switches it off)")
+    s.add_argument("--artifact-root", default=None,
+                   help="artifact folder for a local store (default: $MEMREPRO_ARTIFACT_ROOT)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("aggregate", help="a study's tables from its result files")

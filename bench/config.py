@@ -53,6 +53,16 @@ DATA_DEFAULTS: dict[str, Any] = {
     "train_subset": None,  # first n images after a fixed permutation (quick/smoke configs)
     "val_subset": None,
 }
+EVAL_DEFAULTS: dict[str, Any] = {
+    "metrics": [],  # optional: sym_kl (always computed), fgsm_acc, pgd_acc, elasticity, grad_variance
+    "adv_every": 1,  # adversarial metrics every N epochs, and always after the last
+    "eps": 8 / 255,  # L-inf radius in [0, 1] pixel units (perturbation before normalisation)
+    "pgd_step": 2 / 255,
+    "pgd_steps": 10,
+    "pgd_random_start": False,
+    "pgd_seed": 0,
+    "adv_max_images": None,  # None = the whole validation split
+}
 TOP_DEFAULTS: dict[str, Any] = {
     "results": "results",
     "data_root": "data",
@@ -323,6 +333,7 @@ def resolve_cell(cfg: dict, cell: Cell) -> dict:
         "model_options": model_opts,
         "method_options": method_opts,
         "metrics": list(s.get("metrics") or ["val_acc", "val_loss"]),
+        "evaluation": deep_merge(EVAL_DEFAULTS, s.get("evaluation") or {}),
         "device": cfg["device"],
         "threads": cfg["threads"],
         "data_root": cfg["data_root"],

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from bench import measure
+from bench import measure, metrics
 from bench.config import ROOT, Cell, config_hash
 from bench.data import DatasetSplits, DeviceLoader, load_dataset
 from bench.methods import METHODS
@@ -71,6 +70,13 @@ class Run:
                                  "timed_images": 0.0, "timed_s": 0.0, "eval_images": 0.0}
     )
     static: dict[str, Any] = field(default_factory=dict)  # compute + static memory, measured once
+    grad_tracker: metrics.GradNormTracker | None = None  # per-minibatch gradient norms
+    grad_stats: dict[str, float] = field(default_factory=dict)  # the last epoch's, for methods
+
+    def after_backward(self) -> None:
+        """Called by `Method.training_step` between backward and the optimizer step."""
+        if self.grad_tracker is not None:
+            self.grad_tracker.update(self.model)
 
     @property
     def epochs(self) -> int:
@@ -85,9 +91,10 @@ class Run:
         return lr
 
     def evaluate(self) -> dict[str, float]:
-        """Validation loss and accuracy over the full validation split."""
+        """Validation loss, accuracy and symmetric KL over the full validation split."""
         with measure.Stopwatch(self.device) as sw:
-            out = evaluate(self.model, self.data, self.cfg["train"]["eval_batch_size"])
+            out = metrics.validation_distribution_metrics(
+                self.model, self.data, self.cfg["train"]["eval_batch_size"])
         self.timing["eval_s"] += sw.elapsed_s
         self.timing["eval_images"] += len(self.data.val_y)
         return out
@@ -126,21 +133,6 @@ def lr_factor(train: dict[str, Any], epochs: int, progress: float) -> float:
 # ----------------------------------------------------------------------------- the loop
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: DatasetSplits, batch_size: int) -> dict[str, float]:
-    model.eval()
-    loader = DeviceLoader(data.val_x, data.val_y, batch_size, mean=data.mean, std=data.std,
-                          shuffle=False, augment=False, generator=None)
-    loss_sum = torch.zeros((), device=data.val_x.device)
-    correct = torch.zeros((), device=data.val_x.device, dtype=torch.long)
-    for inputs, targets in loader:
-        logits = model(inputs)  # (B, num_classes)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-        correct += (logits.argmax(1) == targets).sum()
-    n = len(data.val_y)
-    return {"val_loss": loss_sum.item() / n, "val_acc": correct.item() / n}
-
-
 def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """One pass over the training split through the method's `training_step`.
 
@@ -151,7 +143,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
     model.train()
     n_steps = len(run.train_loader)
     warmup = int(run.cfg["train"]["warmup_steps"])
-    params = list(model.parameters())
+    # parameters and buffers (BatchNorm running statistics) are model state, not activations
+    state = [*model.parameters(), *model.buffers()]
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -169,7 +162,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
             def first_step() -> None:
                 out["r"] = method.training_step(run, inputs, targets)
 
-            activation_bytes = measure.saved_activation_bytes(first_step, exclude=params)
+            activation_bytes = measure.saved_activation_bytes(first_step, exclude=state)
             loss, logits = out["r"]
         else:
             loss, logits = method.training_step(run, inputs, targets)
@@ -207,17 +200,31 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
 
 def fit(run: Run) -> None:
     """The plain loop: phase -> train -> evaluate -> record, epoch by epoch."""
+    ev = run.cfg["evaluation"]
+    wanted = set(ev["metrics"])
     while run.epoch < run.epochs and run.status == "ok":
         epoch = run.epoch
+        before = metrics.snapshot_params(run.model) if "elasticity" in wanted else None
         peak = measure.AcceleratorPeak(run.device)
         peak.start()
         epoch_start = time.perf_counter()
         phase = run.method.on_epoch_start(run, epoch)
         stats: dict[str, Any] = {}
-        if phase == "train":
+        if run.method.steps_in(phase):
             stats = train_one_epoch(run, epoch)
+        run.grad_stats = run.grad_tracker.finish() if run.grad_tracker is not None else {}
         val = run.evaluate()
-        peak_alloc, peak_reserved = peak.stop()
+        peak_alloc, peak_reserved = peak.stop()  # adversarial evaluation stays outside the peak
+        extra: dict[str, Any] = {}
+        if before is not None:
+            extra["elasticity"] = metrics.elasticity(before, run.model.parameters())
+        if "grad_variance" in wanted or run.method.needs_grad_norms:
+            extra.update(run.grad_stats)
+        adversarial = [m for m in ("fgsm_acc", "pgd_acc") if m in wanted]
+        if adversarial and ((epoch + 1) % ev["adv_every"] == 0 or epoch + 1 == run.epochs):
+            extra.update(metrics.compute_eval_metrics(
+                adversarial, run.model, run.data, run.cfg["train"]["eval_batch_size"],
+                {k: v for k, v in ev.items() if k not in ("metrics", "adv_every")}))
         act = stats.get("activation_bytes")
         record = {
             "phase": phase,
@@ -230,8 +237,9 @@ def fit(run: Run) -> None:
             "peak_alloc_mib": peak_alloc,
             "peak_reserved_mib": peak_reserved,
             "activation_mib": act / measure.MIB if act is not None else None,
-            "modelled_peak_mib": run.modelled_peak_mib(act if act is not None
-                                                       else run.static.get("activation_bytes")),
+            # an epoch without steps (a rest phase) keeps no activations for backward
+            "modelled_peak_mib": run.modelled_peak_mib(act),
+            **extra,
             **run.method.on_epoch_end(run, epoch),
         }
         run.end_epoch(record)
@@ -419,8 +427,10 @@ def build_run(cfg: dict[str, Any], out_dir: Path, device: torch.device) -> Run:
     loader = DeviceLoader(data.train_x, data.train_y, cfg["train"]["batch_size"], mean=data.mean,
                           std=data.std, shuffle=True, augment=d["augment"],
                           crop_padding=d["crop_padding"], flip=d["flip"], generator=generator)
+    wants_norms = method.needs_grad_norms or "grad_variance" in cfg["evaluation"]["metrics"]
     return Run(cfg=cfg, cell=cell, device=device, data=data, model=model, optimizer=optimizer,
-               method=method, generator=generator, train_loader=loader, out_dir=out_dir)
+               method=method, generator=generator, train_loader=loader, out_dir=out_dir,
+               grad_tracker=metrics.GradNormTracker() if wants_norms else None)
 
 
 def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
@@ -550,6 +560,11 @@ def _final(run: Run) -> dict[str, Any]:
         "train_acc": trained[-1]["train_acc"] if trained else None,
         "epochs": len(run.history),
     }
+    # the last value of each evaluation metric (adversarial ones are always run in the last epoch)
+    for key in ("sym_kl", "fgsm_acc", "pgd_acc"):
+        values = [h[key] for h in run.history if h.get(key) is not None]
+        if values:
+            final[key] = values[-1]
     final.update(run.method.final_metrics(run))
     return final
 

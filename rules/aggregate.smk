@@ -11,7 +11,7 @@ rule aggregate:
         f"{RESULTS}/logs/aggregate/{{study}}.log",
     params:
         config=CONFIG_JSON,
-        out_dir=lambda wildcards: f"{RESULTS}/{wildcards.study}/tables",
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
         "../environment.yml"
     shell:

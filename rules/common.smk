@@ -1,11 +1,14 @@
 # Config -> cell table, path helpers. All logic lives in bench.config; this file only binds it.
+import hashlib
 import json
+import os
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from bench.config import (
     Cell,
+    canonical_json,
     cell_dir,
     check_config,
     claims_path,
@@ -14,6 +17,7 @@ from bench.config import (
     resolve_cell,
     tracking_uri,
 )
+from bench.cli import dataset_spec
 from bench.errors import ConfigError
 
 
@@ -28,6 +32,8 @@ CELLS = plan(CONFIG)
 STUDIES = list(CONFIG["studies"])
 DATASETS = sorted({d for s in CONFIG["studies"].values() for d in s["datasets"]})
 CONFIG_JSON = json.dumps(CONFIG, sort_keys=True)
+
+
 TRACKING_URI = tracking_uri(CONFIG) if CONFIG["tracking"]["enabled"] else ""
 CELL_PATH = "{study}/cells/{method}/{model}/{dataset}/{budget}/s{seed}"
 REPORT_HTML = f"{RESULTS}/report/report.html"
@@ -50,6 +56,20 @@ wildcard_constraints:
     dataset="[^/]+",
     budget="[^/]+",
     seed="[0-9]+",
+    spec="[0-9a-f]{10}",
+
+
+def prepared_data(wildcards):
+    """The manifest a cell's data check writes. Its name carries a hash of the study's data
+    options: a changed option is a new file (and reruns exactly the cells that use it), while
+    a changed learning rate reloads nothing."""
+    spec = canonical_json(dataset_spec(CONFIG, wildcards.dataset, wildcards.study))
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
+    return f"{RESULTS}/.prepared/{wildcards.study}/{wildcards.dataset}-{digest}.json"
+
+
+def dataset_spec_json(wildcards):
+    return canonical_json(dataset_spec(CONFIG, wildcards.dataset, wildcards.study))
 
 
 def cell_of(wildcards):
@@ -79,7 +99,27 @@ def study_claims(wildcards):
     return [str(path)] if path.exists() else []
 
 
-def tracking_args():
-    if not TRACKING_URI:
-        return ""
-    return f"--tracking-uri '{TRACKING_URI}' --artifact-root '{RESULTS}/mlartifacts'"
+def init_tracking_command():
+    """Create the MLflow store and the studies' experiments once, before any job (`onstart`):
+    MLflow's schema migration races when several cells open a brand-new sqlite file at once."""
+    studies = " ".join(f"--study {s}" for s in STUDIES)
+    return (
+        f"python -m bench init-tracking {studies} --tracking-uri '{TRACKING_URI}' "
+        f"--results '{RESULTS}' --out '{RESULTS}/.tracking.json'"
+    )
+
+
+# Where results are mirrored is not part of what a cell computes: it travels to the jobs in
+# the environment, not in params, so pointing MLflow elsewhere reruns nothing.
+# `envvars` also hands them on to jobs of distributed executors (Slurm).
+os.environ["MEMREPRO_TRACKING"] = "on" if TRACKING_URI else "off"
+os.environ["MLFLOW_TRACKING_URI"] = TRACKING_URI
+os.environ["MEMREPRO_ARTIFACT_ROOT"] = (
+    os.path.abspath(f"{RESULTS}/mlartifacts") if TRACKING_URI else ""
+)
+
+
+envvars:
+    "MEMREPRO_TRACKING",
+    "MLFLOW_TRACKING_URI",
+    "MEMREPRO_ARTIFACT_ROOT",

@@ -11,7 +11,7 @@ rule report:
         f"{RESULTS}/logs/report.log",
     params:
         config=CONFIG_JSON,
-        out_dir=f"{RESULTS}/report",
+        out_dir=lambda wildcards, output: os.path.dirname(output.html),
     conda:
         "../environment.yml"
     shell:

@@ -4,15 +4,13 @@
 
 rule train:
     input:
-        data=ancient(f"{RESULTS}/.prepared/{{dataset}}.json"),
-        tracking=ancient(f"{RESULTS}/.tracking.json"),
+        data=prepared_data,
     output:
         f"{RESULTS}/{CELL_PATH}/result.json",
     log:
         f"{RESULTS}/{CELL_PATH}/train.log",
     params:
         cell=cell_config_json,
-        tracking=tracking_args(),
     threads: CONFIG["threads"]
     resources:
         mem_mb=4000,
@@ -20,4 +18,4 @@ rule train:
         "../environment.yml"
     shell:
         "python -m bench train --cell {params.cell:q} --out {output:q} "
-        "--threads {threads} {params.tracking} > {log:q} 2>&1"
+        "--threads {threads} > {log:q} 2>&1"

@@ -4,4 +4,5 @@ from bench.registry import Registry
 
 METHODS: Registry = Registry("method")
 
-from bench.methods import sgd  # noqa: E402,F401  (registers; list every method module here)
+# Each import registers one method; list every method module here.
+from bench.methods import restwake_improved, restwake_original, sgd  # noqa: E402,F401

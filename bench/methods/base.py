@@ -30,6 +30,8 @@ class Method:
     # Study settings under which the registry-driven contract tests run this method (e.g. a
     # budget axis or a reference method it needs); merged over the tests' tiny study.
     test_study: ClassVar[dict[str, Any]] = {}
+    # The method reads per-minibatch gradient norms (run.grad_stats after each epoch).
+    needs_grad_norms: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = self.resolve_options(options)
@@ -76,9 +78,13 @@ class Method:
     # -- the loop's hooks --------------------------------------------------------------
 
     def on_epoch_start(self, run: Run, epoch: int) -> str:
-        """The epoch's phase. 'train' runs the training steps; any other phase skips them
-        (the method did its own work here) and is recorded in the history."""
+        """The epoch's phase, recorded in the history. The loop runs the epoch's training steps
+        when `steps_in(phase)`; otherwise the method did its own work here."""
         return "train"
+
+    def steps_in(self, phase: str) -> bool:
+        """Whether the loop runs optimisation steps in an epoch of this phase."""
+        return True
 
     def training_step(self, run: Run, inputs: torch.Tensor, targets: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +93,7 @@ class Method:
         logits = run.model(inputs)  # (B, num_classes)
         loss = F.cross_entropy(logits, targets, label_smoothing=run.cfg["train"]["label_smoothing"])
         loss.backward()
+        run.after_backward()
         self.before_optimizer_step(run)
         run.optimizer.step()
         return loss.detach(), logits.detach()

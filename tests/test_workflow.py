@@ -1,0 +1,182 @@
+"""The Snakemake workflow end to end on the smoke configuration (what CI relies on)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.config import ROOT
+
+pytestmark = pytest.mark.slow
+
+SMOKE = ROOT / "config" / "smoke.yaml"
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 1200,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile with `workdir` as working directory (results, .snakemake)."""
+    cmd = ["snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", *args]
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**full_env, **(env or {})})
+
+
+def planned(proc: subprocess.CompletedProcess, rule: str) -> int:
+    """How many jobs of `rule` a dry run plans (0 when none)."""
+    m = re.search(rf"^{rule}\s+(\d+)$", proc.stdout + proc.stderr, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_config(path: Path, **study_changes) -> Path:
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["studies"]["baseline"].update(study_changes)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    cfg = work / "smoke.yaml"
+    shutil.copy(SMOKE, cfg)
+    proc = snakemake(work, "--configfile", str(cfg))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return work, cfg
+
+
+def test_smoke_produces_results_tables_report_and_mlflow_runs(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    work, _ = smoke_run
+    results = work / "results"
+    cells = read_csv(results / "baseline" / "tables" / "cells.csv")
+    assert len(cells) == 6 and {c["status"] for c in cells} == {"ok"}
+    assert {c["method"] for c in cells} == {"sgd", "sgd_plain"}
+    for c in cells:
+        cell_dir = (results / "baseline" / "cells" / c["method"] / c["model"] / c["dataset"]
+                    / c["budget"] / f"s{c['seed']}")
+        result = json.loads((cell_dir / "result.json").read_text())
+        assert result["mlflow"]["run_id"] == c["mlflow_run_id"]
+        assert (cell_dir / "train.log").read_text().strip(), "empty cell log"
+        assert not (cell_dir / "checkpoint.pt").exists()
+
+    paired = read_csv(results / "baseline" / "tables" / "paired_tests.csv")
+    assert {(r["method"], r["reference"], r["metric"]) for r in paired} == {
+        ("sgd_plain", "sgd", "val_acc"), ("sgd_plain", "sgd", "val_loss")}
+    assert all(r["status"] == "tested" and r["n_pairs"] == "3" for r in paired)
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("baseline")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 6
+    assert {r.data.tags["cell_id"] for r in runs} == {
+        f"baseline/{c['method']}/{c['model']}/{c['dataset']}/{c['budget']}/s{c['seed']}"
+        for c in cells}
+    for run in runs:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        assert steps == [0, 1]
+
+    page = (results / "report" / "report.html").read_text()
+    tex = (results / "report" / "report.tex").read_text()
+    assert "<img" in page and "data:image" in page
+    assert "\\toprule" in tex and "\\includegraphics" in tex
+    for run in runs:
+        assert run.info.run_id in page
+
+
+def test_report_numbers_equal_the_csvs(smoke_run):
+    from bench.report import format_number, format_p
+
+    work, _ = smoke_run
+    tables = work / "results" / "baseline" / "tables"
+    text = html.unescape(re.sub(r"<[^>]+>", " ", (work / "results" / "report" / "report.html")
+                                .read_text()))
+    for row in read_csv(tables / "paired_tests.csv"):
+        for key in ("mean_diff", "d_z"):
+            assert format_number(float(row[key])) in text, (key, row[key])
+        for key in ("p", "p_holm"):
+            assert format_p(float(row[key])) in text, (key, row[key])
+    for row in read_csv(tables / "summary.csv"):
+        if row["metric"] in ("val_acc", "val_loss"):
+            assert format_number(float(row["mean"])) in text
+
+
+def test_second_run_executes_nothing_and_comments_rerun_nothing(smoke_run):
+    work, cfg = smoke_run
+    proc = snakemake(work, "--configfile", str(cfg), "-n")
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+    commented = work / "commented.yaml"
+    commented.write_text("# a comment that changes nothing\n" + cfg.read_text()
+                         .replace("epochs: 2", "epochs: 2   # still two"))
+    proc = snakemake(work, "--configfile", str(commented), "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    # where results are mirrored is not what a cell computes: a new store reruns nothing
+    proc = snakemake(work, "--configfile", str(cfg), "-n",
+                     env={"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'elsewhere.db'}"})
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+
+
+def test_changed_setting_reruns_only_affected_cells(smoke_run):
+    work, _ = smoke_run
+    changed = write_config(work / "changed.yaml",
+                           method_options={"sgd_plain": {"weight_decay": 0.0}})
+    proc = snakemake(work, "--configfile", str(changed), "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert planned(proc, "train") == 3, proc.stdout[-3000:]  # the sgd_plain cells only
+    assert planned(proc, "prepare_data") == 0
+    # a data option: the data is checked again and every cell that uses it reruns
+    data_change = yaml.safe_load(SMOKE.read_text())
+    data_change["studies"]["baseline"]["data"]["image_size"] = 12
+    (work / "data_change.yaml").write_text(yaml.safe_dump(data_change))
+    proc = snakemake(work, "--configfile", str(work / "data_change.yaml"), "-n")
+    assert planned(proc, "prepare_data") == 1 and planned(proc, "train") == 6, proc.stdout[-3000:]
+
+
+def test_lint_is_clean():
+    proc = subprocess.run(["snakemake", "--lint", "--configfile", str(SMOKE)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_unknown_name_stops_before_any_job(tmp_path):
+    bad = write_config(tmp_path / "bad.yaml", models=["resnet18_cifar", "resnet181"])
+    proc = snakemake(tmp_path, "--configfile", str(bad))
+    assert proc.returncode != 0
+    assert "unknown model 'resnet181'" in proc.stderr and "resnet18_cifar" in proc.stderr
+    assert not (tmp_path / "results").exists(), "a job ran despite the bad config"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(SMOKE.read_text().replace("epochs: 2", "epochs: 2\n    epoch: 3"))
+    proc = snakemake(tmp_path, "--configfile", str(typo))
+    assert proc.returncode != 0 and "epoch" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_keep_going_one_failing_cell_does_not_stop_the_others(tmp_path):
+    cfg = write_config(tmp_path / "one_epoch.yaml", epochs=1, methods=["sgd"],
+                       variants={}, seeds=3)
+    # Cell s1 cannot write its checkpoint (a folder stands where the file goes, as on a broken
+    # disk): its job fails; with --keep-going the other cells still run.
+    cells = tmp_path / "results" / "baseline" / "cells" / "sgd" / "resnet18_cifar" / "digits" / "none"
+    (cells / "s1" / "checkpoint.pt" / "x").mkdir(parents=True)
+    proc = snakemake(tmp_path, "--configfile", str(cfg), "--keep-going")
+    assert proc.returncode != 0
+    assert (cells / "s0" / "result.json").is_file()
+    assert (cells / "s2" / "result.json").is_file()
+    assert not (cells / "s1" / "result.json").exists()
+    assert "checkpoint" in (cells / "s1" / "train.log").read_text()
+    assert not (tmp_path / "results" / "report" / "report.html").exists()
