@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--dataset", default="digits")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=6, help="timed epochs per side (after 1 warm-up)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -60,7 +61,8 @@ def main() -> None:
         "datasets": [args.dataset], "seeds": 1, "epochs": args.epochs + 1,
         "train": {"batch_size": args.batch_size, "lr": 0.05, "momentum": 0.9,
                   "weight_decay": 5e-4, "schedule": "constant", "warmup_steps": 0},
-        "data": {"augment": True, "crop_padding": 4, "flip": False},
+        "data": {"image_size": args.image_size, "augment": True, "crop_padding": 4,
+                 "flip": False},
         "model": {"width": args.width}}}})
     cell_cfg = resolve_cell(cfg, Cell("bench", "sgd", args.model, args.dataset, "none", 0))
     device = resolve_device(args.device)
