@@ -185,6 +185,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import datetime as dt
 
+    import bench.report_sections  # noqa: F401  (registers the studies' own figures and tables)
     from bench.config import TRAIN_DEFAULTS, deep_merge, tracking_uri
     from bench.report import StudyInput, build_report
     from bench.train import provenance, resolve_device

@@ -3,10 +3,12 @@ gradient-variance trace v_t and the switching threshold tau) and the REST epochs
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from bench.report import (
     Cell,
@@ -36,36 +38,44 @@ def phase_timeline(t: StudyTables) -> list[Figure]:
     if h.empty:
         return [Figure("phases", title, note="no Rest-Wake cells in history.csv")]
     methods = [m for m in t.methods if m in set(h["method"])]
-    fig = MplFigure(figsize=(10, 2.6 * len(methods) + 0.6), layout="constrained")
-    axes = fig.subplots(len(methods), 1, squeeze=False).ravel()
-    for ax, method in zip(axes, methods):
+    n_epochs = int(h["epoch"].max()) + 1
+    fig = MplFigure(figsize=(10, 3.3 * len(methods) + 0.6), layout="constrained")
+    rows = fig.subfigures(len(methods), 1, squeeze=False).ravel()
+    for sub, method in zip(rows, methods):
         m = h[h["method"] == method]
         seeds = sorted(m["seed"].astype(int).unique())
+        strip, trace = sub.subplots(2, 1, sharex=True, height_ratios=[1, 3])
+        raster = np.zeros((len(seeds), n_epochs))  # (seeds, epochs): 1 = REST
         for i, seed in enumerate(seeds):
             s = m[m["seed"].astype(int) == seed].sort_values("epoch")
+            raster[i, s.loc[s["phase"] == "rest", "epoch"].astype(int)] = 1.0
             epochs = s["epoch"].astype(int) + 1
-            for e in epochs[s["phase"] == "rest"]:
-                ax.axvspan(e - 0.5, e + 0.5, color="0.85", lw=0, zorder=0)
-            if "grad_cv2" in s:
+            if "grad_cv2" in s:  # v exists for WAKE epochs only: join those
                 v = pd.to_numeric(s["grad_cv2"], errors="coerce")
-                ax.plot(epochs, v, color=t.colors[method], alpha=0.55 + 0.45 * (i == 0), lw=1.3,
-                        marker="o", ms=2.5)
+                ok = v.notna()
+                trace.plot(epochs[ok], v[ok], color=t.colors[method], lw=1.2, marker="o", ms=2.5,
+                           alpha=1.0 if i == 0 else 0.55)
             if "tau" in s:
                 tau = pd.to_numeric(s["tau"], errors="coerce")
-                ax.plot(epochs, tau, color="black", ls="--", lw=1, alpha=0.7)
-        ax.set_title(f"{method} ({len(seeds)} seeds; shaded: epochs any seed spent in REST)")
-        ax.set_ylabel("v = CV² of grad norms")
-        ax.set_xlabel("epoch")
-    handles = [Patch(color="0.85", label="REST epoch"),
-               Line2D([], [], color="0.3", lw=1.3, marker="o", ms=2.5, label="v per WAKE epoch"),
+                trace.plot(epochs, tau, color="black", ls="--", lw=1, alpha=0.7)
+        strip.imshow(raster, aspect="auto", cmap="Greys", vmin=0, vmax=1.6,
+                     extent=(0.5, n_epochs + 0.5, len(seeds) - 0.5, -0.5),
+                     interpolation="nearest")
+        strip.set_yticks(range(len(seeds)), [f"s{s}" for s in seeds])
+        strip.set_title(f"{method}: REST epochs per seed (dark)", fontsize="medium")
+        trace.set_ylabel("v = CV² of grad norms")
+        trace.set_xlabel("epoch")
+        trace.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [Patch(color="0.45", label="REST epoch"),
+               Line2D([], [], color="0.3", lw=1.2, marker="o", ms=2.5, label="v per WAKE epoch"),
                Line2D([], [], color="black", ls="--", lw=1, label="threshold tau (improved)")]
     fig.legend(handles=handles, loc="outside right upper")
     fig.suptitle(f"{t.study.name}: WAKE/REST phases and the gradient-variance trace")
-    caption = ("Per Rest-Wake method: grey bands mark REST epochs (weights consolidated to the mean "
-               "of the snapshot buffer, BatchNorm re-estimated, no gradient step); lines are each "
-               "seed's v_t, the squared coefficient of variation of the epoch's minibatch gradient "
-               "norms; the dashed line is the improved variant's threshold tau (median of v over "
-               "its first WAKE epochs, then frozen).")
+    caption = ("Per Rest-Wake method: the strip marks each seed's REST epochs (weights consolidated "
+               "to the mean of the snapshot buffer, BatchNorm re-estimated, no gradient step); the "
+               "lines are each seed's v_t, the squared coefficient of variation of the epoch's "
+               "minibatch gradient norms (WAKE epochs only); the dashed line is the improved "
+               "variant's threshold tau (median of v over its first WAKE epochs, then frozen).")
     return [Figure("phases", title, caption, fig)]
 
 
