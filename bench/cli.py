@@ -162,6 +162,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result["status"] in ("ok", "oom", "diverged", "skipped") else 1
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bench.pretrain import pretrain
+
+    spec = _read_json_arg(args.spec, "--spec")
+    pretrain(spec, Path(args.out), threads=args.threads or 1, device=args.device)
+    print(f"pretrained {spec['model']} on {spec['dataset']}: {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_rank_layers(args: argparse.Namespace) -> int:
+    from bench.pretrain import rank_layers
+
+    spec = _read_json_arg(args.spec, "--spec")
+    ranking = rank_layers(spec, Path(args.out), threads=args.threads or 1, device=args.device)
+    print(f"ranking: top-{ranking['k']} of {ranking['n_layers']} layers -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from bench.aggregate import aggregate_study
     from bench.config import cell_dir, claims_path, plan
@@ -264,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--artifact-root", default=None,
                    help="artifact folder for a local store (default: $MEMREPRO_ARTIFACT_ROOT)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("pretrain", help="train a study's backbone on its upstream task")
+    s.add_argument("--spec", required=True, help="pretrain spec: JSON text or @path")
+    s.add_argument("--out", required=True, help="model.pt to write")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("rank-layers", help="offline layer ranking by reweighted gradient norm")
+    s.add_argument("--spec", required=True, help="ranking spec: JSON text or @path")
+    s.add_argument("--out", required=True, help="ranking JSON to write")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_rank_layers)
 
     s = sub.add_parser("aggregate", help="a study's tables from its result files")
     _add_config_args(s)

@@ -223,6 +223,23 @@ def check_config(cfg: dict) -> dict:
                 methods.get(impl).resolve_options(opts)
             except ConfigError as e:
                 problems.append(f"{where}.method_options.{label}: {e}")
+        for name in (s.get("method_budgets") or {}):
+            if name not in labels:
+                problems.append(f"{where}.method_budgets.{name}: '{name}' is not one of the "
+                                f"study's methods ({', '.join(labels)})")
+        user_ckpt = (s.get("pretrain") or {}).get("checkpoint")
+        if user_ckpt and not Path(user_ckpt).is_file():
+            problems.append(f"{where}.pretrain.checkpoint: {user_ckpt} does not exist (give the "
+                            f"path of a checkpoint of this study's model, or drop `checkpoint` "
+                            f"to let the pretrain rule make one)")
+        if s.get("pretrain") and not s["pretrain"].get("checkpoint"):
+            missing = [k for k in ("dataset", "epochs") if k not in s["pretrain"]]
+            if missing:
+                problems.append(f"{where}.pretrain: needs {' and '.join(missing)} (or a "
+                                f"`checkpoint` path to use instead of the pretrain rule)")
+            elif s["pretrain"]["dataset"] not in datasets:
+                problems.append(f"{where}.pretrain.dataset: "
+                                f"{datasets.unknown_message(s['pretrain']['dataset'])}")
         for name in (s.get("method_options") or {}):
             if name not in labels:
                 problems.append(f"{where}.method_options.{name}: '{name}' is not one of the "
@@ -280,8 +297,10 @@ def seed_indices(study_cfg: dict) -> list[int]:
 
 
 def _study_cells(study: str, s: dict) -> Iterator[Cell]:
-    budgets = [budget_label(b) for b in s.get("budgets") or ["none"]]
+    default_budgets = [budget_label(b) for b in s.get("budgets") or ["none"]]
     for method in s["methods"]:
+        own = (s.get("method_budgets") or {}).get(method)
+        budgets = [budget_label(b) for b in own] if own else default_budgets
         for model in s["models"]:
             for dataset in s["datasets"]:
                 for budget in budgets:
@@ -305,6 +324,80 @@ def derive_seed(study: str, model: str, dataset: str, seed_index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+RANKING_DEFAULTS: dict[str, Any] = {"epochs": 1, "fraction": 0.97}
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:10]
+
+
+def _model_options(s: dict, model: str) -> dict:
+    opts = deep_merge({"width": 1.0}, s.get("model") or {})
+    return deep_merge(opts, (s.get("model_options") or {}).get(model, {}))
+
+
+def _data_options(s: dict, dataset: str) -> dict:
+    data = deep_merge(DATA_DEFAULTS, s.get("data") or {})
+    return deep_merge(data, (s.get("data_options") or {}).get(dataset, {}))
+
+
+def pretrain_spec(cfg: dict, study: str, model: str) -> dict | None:
+    """What the upstream checkpoint of (study, model) depends on; None when the study has no
+    pretrain stage or names its own checkpoint."""
+    cfg = with_defaults(cfg)
+    s = cfg["studies"][study]
+    p = s.get("pretrain")
+    if not p or p.get("checkpoint"):
+        return None
+    return {
+        "study": study,
+        "model": model,
+        "model_options": _model_options(s, model),
+        "dataset": p["dataset"],
+        "data": deep_merge(DATA_DEFAULTS, p.get("data") or {}),
+        "epochs": p["epochs"],
+        "train": deep_merge(deep_merge(TRAIN_DEFAULTS, s.get("train") or {}), p.get("train") or {}),
+        "seed": derive_seed(study, model, f"pretrain:{p['dataset']}", 0),
+        "data_root": cfg["data_root"],
+    }
+
+
+def pretrain_checkpoint(cfg: dict, study: str, model: str) -> str | None:
+    """The checkpoint every cell of (study, model) starts from: the user's, or the rule's."""
+    cfg = with_defaults(cfg)
+    p = cfg["studies"][study].get("pretrain")
+    if not p:
+        return None
+    if p.get("checkpoint"):
+        return str(p["checkpoint"])
+    spec = pretrain_spec(cfg, study, model)
+    return f"{cfg['results']}/{study}/pretrain/{model}/{spec_hash(spec)}/model.pt"
+
+
+def ranking_spec(cfg: dict, study: str, model: str, dataset: str) -> dict:
+    """What the layer ranking of (study, model, dataset) depends on."""
+    cfg = with_defaults(cfg)
+    s = cfg["studies"][study]
+    return {
+        "study": study,
+        "model": model,
+        "model_options": _model_options(s, model),
+        "dataset": dataset,
+        "data": _data_options(s, dataset),
+        "train": deep_merge(TRAIN_DEFAULTS, s.get("train") or {}),
+        "ranking": deep_merge(RANKING_DEFAULTS, s.get("ranking") or {}),
+        "init_checkpoint": pretrain_checkpoint(cfg, study, model),
+        "seed": derive_seed(study, model, dataset, 0),
+        "data_root": cfg["data_root"],
+    }
+
+
+def ranking_path(cfg: dict, study: str, model: str, dataset: str) -> str:
+    cfg = with_defaults(cfg)
+    spec = ranking_spec(cfg, study, model, dataset)
+    return f"{cfg['results']}/{study}/ranking/{model}/{dataset}/{spec_hash(spec)}.json"
+
+
 def resolve_cell(cfg: dict, cell: Cell) -> dict:
     """The resolved config of one cell: every setting that determines its result."""
     cfg = with_defaults(cfg)
@@ -314,10 +407,14 @@ def resolve_cell(cfg: dict, cell: Cell) -> dict:
     method_opts = methods.get(impl).resolve_options(
         deep_merge(variant_opts, (s.get("method_options") or {}).get(cell.method, {}))
     )
-    model_opts = deep_merge({"width": 1.0}, s.get("model") or {})
-    model_opts = deep_merge(model_opts, (s.get("model_options") or {}).get(cell.model, {}))
-    data = deep_merge(DATA_DEFAULTS, s.get("data") or {})
-    data = deep_merge(data, (s.get("data_options") or {}).get(cell.dataset, {}))
+    model_opts = _model_options(s, cell.model)
+    data = _data_options(s, cell.dataset)
+    inputs: dict[str, str] = {}
+    checkpoint = pretrain_checkpoint(cfg, cell.study, cell.model)
+    if checkpoint:
+        inputs["init_checkpoint"] = checkpoint
+    if methods.get(impl).needs_ranking:
+        inputs["ranking"] = ranking_path(cfg, cell.study, cell.model, cell.dataset)
     return {
         "study": cell.study,
         "method": cell.method,
@@ -335,6 +432,7 @@ def resolve_cell(cfg: dict, cell: Cell) -> dict:
         "method_options": method_opts,
         "metrics": list(s.get("metrics") or ["val_acc", "val_loss"]),
         "evaluation": deep_merge(EVAL_DEFAULTS, s.get("evaluation") or {}),
+        "inputs": inputs,  # files the cell reads: the pretrained checkpoint, the layer ranking
         "device": cfg["device"],
         "threads": cfg["threads"],
         "data_root": cfg["data_root"],

@@ -419,7 +419,12 @@ def build_run(cfg: dict[str, Any], out_dir: Path, device: torch.device) -> Run:
     data = load_dataset(cfg["dataset"], cfg["data"], Path(cfg["data_root"])).to(device)
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg["model"], data.num_classes, data.in_channels,
-                        cfg["model_options"]).to(device)
+                        cfg["model_options"])
+    if (cfg.get("inputs") or {}).get("init_checkpoint"):
+        from bench.pretrain import load_backbone
+
+        load_backbone(model, cfg["inputs"]["init_checkpoint"])  # the classifier stays new
+    model = model.to(device)
     optimizer = method.build_optimizer(model, cfg["train"])
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg["seed"])
@@ -434,10 +439,11 @@ def build_run(cfg: dict[str, Any], out_dir: Path, device: torch.device) -> Run:
 
 
 def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
-             threads: int | None = None) -> dict[str, Any]:
+             threads: int | None = None, save_model: Path | None = None) -> dict[str, Any]:
     """Train one cell from its resolved config and write `out_path` (result.json) atomically.
 
-    `tracker` is a `bench.tracking.Tracker` or None (tracking off). Returns the result dict.
+    `tracker` is a `bench.tracking.Tracker` or None (tracking off); `save_model`, if given,
+    receives the final weights (state_dict) of a cell that ended ok. Returns the result dict.
     Unexpected errors propagate (the job fails, the checkpoint stays for a later resume);
     OOM and divergence are results.
     """
@@ -530,6 +536,11 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         compute = {k: v for k, v in run.static.items() if k not in ("param_bytes", "grad_bytes")}
     result = _result(cfg, cell, chash, status, reason, history, final, memory, compute, timing,
                      prov, started, resumed_from, tracking)
+    if save_model is not None and run is not None and status == "ok":
+        save_model = Path(save_model)
+        tmp = save_model.with_name(f".{save_model.name}.{os.getpid()}.tmp")
+        torch.save(run.model.state_dict(), tmp)
+        os.replace(tmp, save_model)
     atomic_write_json(out_path, result)
     if tracker is not None and tracking["run_id"]:
         tracker.client.log_dict(tracking["run_id"], cfg, "config.json")

@@ -14,6 +14,8 @@ from bench.config import (
     claims_path,
     config_hash,
     plan,
+    pretrain_spec,
+    ranking_spec,
     resolve_cell,
     tracking_uri,
 )
@@ -70,6 +72,18 @@ def prepared_data(wildcards):
 
 def dataset_spec_json(wildcards):
     return canonical_json(dataset_spec(CONFIG, wildcards.dataset, wildcards.study))
+
+
+def cell_inputs(wildcards):
+    """The files a cell reads: its data check, and the pretrained checkpoint and layer ranking
+    its resolved config names (made by rules/pretrain.smk, or given by the user)."""
+    cfg = resolve_cell(CONFIG, cell_of(wildcards))
+    return [prepared_data(wildcards), *cfg["inputs"].values()]
+
+
+def ranking_checkpoint(wildcards):
+    spec = ranking_spec(CONFIG, wildcards.study, wildcards.model, wildcards.dataset)
+    return [spec["init_checkpoint"]] if spec["init_checkpoint"] else []
 
 
 def cell_of(wildcards):

@@ -4,7 +4,7 @@
 
 rule train:
     input:
-        data=prepared_data,
+        cell_inputs,
     output:
         f"{RESULTS}/{CELL_PATH}/result.json",
     log:

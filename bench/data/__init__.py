@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Sequence, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ DATASETS: Registry[Loader] = Registry("dataset")
 # load_dataset accepts and ignores them.
 LOADER_OPTIONS: tuple[str, ...] = ("augment", "crop_padding", "flip")
 # Applied by load_dataset to every dataset, after the loader ran.
-SUBSET_OPTIONS: tuple[str, ...] = ("train_subset", "val_subset")
+SUBSET_OPTIONS: tuple[str, ...] = ("train_subset", "val_subset", "classes")
 
 SUBSET_SEED = 0  # the fixed permutation behind train_subset / val_subset
 
@@ -128,6 +128,32 @@ class DatasetSplits:
             val_y=self.val_y.to(device),
         )
 
+    def select_classes(self, classes: Sequence[int] | None) -> DatasetSplits:
+        """Keep only the images of `classes`, relabelled 0..k-1 in the order given (e.g. an
+        upstream task on digits 0-4 and a held-out downstream task on digits 5-9)."""
+        if classes is None:
+            return self
+        classes = list(classes)
+        bad = [c for c in classes if isinstance(c, bool) or not isinstance(c, int)
+               or not 0 <= c < self.num_classes]
+        if bad or not classes or len(set(classes)) != len(classes):
+            raise ConfigError(
+                f"{self.name}: classes must be distinct class indices in 0..{self.num_classes - 1}, "
+                f"got {classes}"
+            )
+        lut = torch.full((self.num_classes,), -1, dtype=torch.long)
+        lut[torch.tensor(classes)] = torch.arange(len(classes))
+
+        def keep(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            new = lut.to(y.device)[y]  # (N,) new label, -1 = dropped
+            mask = new >= 0
+            return x[mask], new[mask]
+
+        train_x, train_y = keep(self.train_x, self.train_y)
+        val_x, val_y = keep(self.val_x, self.val_y)
+        return dataclasses.replace(self, train_x=train_x, train_y=train_y, val_x=val_x,
+                                   val_y=val_y, num_classes=len(classes))
+
     def subset(self, train_n: int | None, val_n: int | None) -> DatasetSplits:
         """The first `train_n` / `val_n` images of a fixed permutation (None keeps a split whole).
 
@@ -176,7 +202,8 @@ def load_dataset(
     """Load dataset `name` with the config's `data` options; see the module docstring.
 
     `augment`, `crop_padding` and `flip` are accepted and ignored here (DeviceLoader uses them);
-    `train_subset` / `val_subset` are applied to every dataset after loading; every other key is
+    `classes` (keep these classes, relabelled 0..k-1) and then `train_subset` / `val_subset`
+    are applied to every dataset after loading; every other key is
     passed to the dataset's loader, which rejects keys it does not know.
     """
     load = DATASETS.get(name)
@@ -185,8 +212,9 @@ def load_dataset(
         dataset_options.pop(key, None)
     train_n = dataset_options.pop("train_subset", None)
     val_n = dataset_options.pop("val_subset", None)
+    classes = dataset_options.pop("classes", None)
     splits = load(dataset_options, Path(data_root))
-    return splits.subset(train_n, val_n)
+    return splits.select_classes(classes).subset(train_n, val_n)
 
 
 def resolve_options(

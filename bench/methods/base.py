@@ -32,6 +32,8 @@ class Method:
     test_study: ClassVar[dict[str, Any]] = {}
     # The method reads per-minibatch gradient norms (run.grad_stats after each epoch).
     needs_grad_norms: ClassVar[bool] = False
+    # The method reads the study's offline layer ranking (cfg["inputs"]["ranking"]).
+    needs_ranking: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = self.resolve_options(options)
