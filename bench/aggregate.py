@@ -721,6 +721,27 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
+def add_speedup_vs_reference(cells: pd.DataFrame, reference: str,
+                             time_column: str = "train_wall_s") -> pd.DataFrame:
+    """`speedup_vs_reference` = the reference's training wall time / this cell's, for the same
+    model, dataset, seed and budget (or the reference's budget-`none` cell when it runs without
+    a budget), where cells report `time_column` (e.g. NeuroFlux vs backprop under one budget)."""
+    if cells.empty or time_column not in cells:
+        return cells
+    ok = cells[(cells["status"] == "ok") & (cells["method"] == reference)]
+    times = {(r.model, r.dataset, str(r.budget), int(r.seed)): getattr(r, time_column)
+             for r in ok.itertuples()}
+    speedups = []
+    for r in cells.itertuples():
+        ref = times.get((r.model, r.dataset, str(r.budget), int(r.seed)),
+                        times.get((r.model, r.dataset, "none", int(r.seed))))
+        own = getattr(r, time_column)
+        valid = r.status == "ok" and ref is not None and own is not None
+        valid = valid and np.isfinite(ref) and np.isfinite(own) and own > 0
+        speedups.append(float(ref) / float(own) if valid else np.nan)
+    return cells.assign(speedup_vs_reference=speedups)
+
+
 def aggregate_study(
     result_paths: Iterable[str | os.PathLike],
     reference: str,
@@ -738,7 +759,7 @@ def aggregate_study(
                 f"{claims_path}: claims are for study {claims_doc['study']!r} but the results are "
                 f"for {studies}; pass the claims file of the same study"
             )
-    cells = cells_table(results)
+    cells = add_speedup_vs_reference(cells_table(results), reference)
     tables = {
         "cells": cells,
         "history": history_table(results),

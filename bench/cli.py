@@ -59,7 +59,7 @@ def _read_json_arg(text: str, what: str) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bench.config import plan
+    from bench.config import plan, seed_indices
 
     cfg = load_cli_config(args)
     cells = plan(cfg)
@@ -67,10 +67,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"configuration is valid: {len(cells)} cells")
     for study, n in per_study.items():
         s = cfg["studies"][study]
-        print(f"  {study}: {n} cells = {len(s['methods'])} methods x {len(s['models'])} models x "
-              f"{len(s['datasets'])} datasets x {len(s.get('budgets') or ['none'])} budgets x "
-              f"{n // max(1, len(s['methods']) * len(s['models']) * len(s['datasets']) * len(s.get('budgets') or ['none']))} seeds, "
-              f"{s['epochs']} epochs, reference {s['reference']}")
+        budgets = sorted({c.budget for c in cells if c.study == study})
+        print(f"  {study}: {n} cells: methods {', '.join(s['methods'])}; models "
+              f"{', '.join(s['models'])}; datasets {', '.join(s['datasets'])}; budgets "
+              f"{', '.join(budgets)}; {len(seed_indices(s))} seeds; {s['epochs']} epochs; "
+              f"reference {s['reference']}")
     return 0
 
 

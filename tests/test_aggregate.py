@@ -570,3 +570,23 @@ def test_group_without_reference_is_not_testable(tmp_path):
     assert len(p) == 1 and p.iloc[0]["dataset"] == "cifar100"
     assert p.iloc[0]["status"] == "not testable (no reference cells of sgd)"
     assert p.iloc[0]["n_pairs"] == 0 and p.iloc[0]["mean_method"] == pytest.approx(0.6)
+
+
+def test_speedup_vs_reference_pairs_cells_by_group_and_seed():
+    import pandas as pd
+
+    from bench.aggregate import add_speedup_vs_reference
+
+    cells = pd.DataFrame([
+        {"method": "backprop", "model": "vgg16", "dataset": "d", "budget": "64MiB", "seed": 0,
+         "status": "ok", "train_wall_s": 30.0},
+        {"method": "neuroflux", "model": "vgg16", "dataset": "d", "budget": "64MiB", "seed": 0,
+         "status": "ok", "train_wall_s": 10.0},
+        {"method": "neuroflux", "model": "vgg16", "dataset": "d", "budget": "64MiB", "seed": 1,
+         "status": "ok", "train_wall_s": 10.0},  # no reference cell for seed 1
+        {"method": "neuroflux", "model": "vgg16", "dataset": "d", "budget": "64MiB", "seed": 0,
+         "status": "oom", "train_wall_s": 5.0},
+    ])
+    out = add_speedup_vs_reference(cells, "backprop")["speedup_vs_reference"].tolist()
+    assert out[0] == 1.0 and out[1] == 3.0
+    assert math.isnan(out[2]) and math.isnan(out[3])

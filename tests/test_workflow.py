@@ -206,3 +206,30 @@ def test_restwake_section_phases_claims_and_paper_checks(smoke_run):
     page = (results / "report" / "report.html").read_text()
     assert "REST epochs" in page and "Phase timeline" in page
     assert (results / "report" / "figures" / "restwake_phases.pdf").is_file()
+
+
+def test_tradyn_pretrain_ranking_cells_and_efficiency_table(smoke_run):
+    work, _ = smoke_run
+    results = work / "results"
+    pretrained = list((results / "tradyn" / "pretrain").rglob("model.pt"))
+    rankings = list((results / "tradyn" / "ranking").rglob("*.json"))
+    assert len(pretrained) == 1 and len(rankings) == 1
+    ranking = json.loads(rankings[0].read_text())
+    assert 0 < ranking["k"] <= ranking["n_layers"]
+    cells = read_csv(results / "tradyn" / "tables" / "cells.csv")
+    assert len(cells) == 21 and {c["status"] for c in cells} == {"ok"}
+    assert {c["budget"] for c in cells if c["method"] in ("full_ft", "last_layer")} == {"none"}
+    for c in cells:
+        if c["budget"] != "none":
+            result = json.loads((results / "tradyn" / "cells" / c["method"] / c["model"]
+                                 / c["dataset"] / c["budget"] / f"s{c['seed']}"
+                                 / "result.json").read_text())
+            assert result["config"]["inputs"]["init_checkpoint"].endswith("model.pt")
+            for h in result["history"]:
+                assert h["selected_memory_units"] <= float(c["budget"])
+    # budgeted methods are paired with the reference, which runs without a budget
+    paired = read_csv(results / "tradyn" / "tables" / "paired_tests.csv")
+    assert {r["method"] for r in paired} >= {"tradyn", "d_full_random", "last_layer"}
+    assert all(r["status"] == "tested" for r in paired if r["method"] == "tradyn")
+    page = (results / "report" / "report.html").read_text()
+    assert "weight sparsity" in page and "budget (bytes)" in page
