@@ -73,6 +73,7 @@ TEXT_COLUMNS = frozenset(
 )  # fmt: skip
 
 MISSING_HTML = "—"
+RAGGED = r">{\raggedright\arraybackslash}p"  # LaTeX paragraph column, ragged right
 MISSING_LATEX = "--"
 
 
@@ -183,6 +184,11 @@ def latex_escape(text: Any) -> LatexSafe:
     if isinstance(text, LatexSafe):
         return text
     return LatexSafe(_LATEX_RE.sub(lambda m: _LATEX_SPECIALS[m.group(0)], str(text)))
+
+
+def file_stem(text: str) -> str:
+    """A file name part: letters, digits, '_' and '-' only (`rest_wake` stays `rest_wake`)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-") or "x"
 
 
 def slug(text: str) -> str:
@@ -380,6 +386,14 @@ def method_colors(methods: Sequence[str]) -> dict[str, str]:
     """A fixed colour per method: tab10 (tab20 beyond ten methods) in the given order."""
     cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
     return {m: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, m in enumerate(methods)}
+
+
+def share_colors(tables: Sequence[StudyTables]) -> dict[str, str]:
+    """One colour per method across every study of a report (set on each StudyTables)."""
+    colors = method_colors(list(dict.fromkeys(m for t in tables for m in t.methods)))
+    for t in tables:
+        t.colors = {m: colors[m] for m in t.methods}
+    return colors
 
 
 def load_study_tables(study: StudyInput, colors: Mapping[str, str] | None = None) -> StudyTables:
@@ -593,9 +607,13 @@ def claims_table(t: StudyTables) -> Table | None:
         return None
     cols = [
         Column("claim"), Column("description", latex=False), Column("method"),
-        Column("metric"), Column("group", latex=False), Column("paper value", "r"),
-        Column("paper range", "r"), Column("reproduced", "r"), Column("n", "r"),
-        Column("difference", "r"), Column("tolerance", "r"), Column("verdict"),
+        Column("metric"), Column("group", latex=False),
+        Column("paper value", "r", latex_label="paper"),
+        Column("paper range", "r", latex_label="range"),
+        Column("reproduced", "r", latex_label="repr."), Column("n", "r"),
+        Column("difference", "r", latex_label="diff."),
+        Column("tolerance", "r", latex_label="tol."),
+        Column("verdict", latex_spec=RAGGED + "{2.6cm}"),
         Column("source", latex=False),
     ]  # fmt: skip
     rows = []
@@ -645,8 +663,9 @@ def checks_table(t: StudyTables) -> Table | None:
     if df.empty:
         return None
     cols = [
-        Column("claim"), Column("check", latex_spec="p{4cm}"), Column("stated", "r"),
-        Column("recomputed", "r"), Column("consistent"), Column("note", latex_spec="p{5cm}"),
+        Column("claim"), Column("check", latex_spec=RAGGED + "{4cm}"), Column("stated", "r"),
+        Column("recomputed", "r"), Column("consistent"),
+        Column("note", latex_spec=RAGGED + "{5cm}"),
     ]  # fmt: skip
     rows = []
     for _, r in df.iterrows():
@@ -723,7 +742,7 @@ def non_ok_table(t: StudyTables) -> Table | None:
         return None
     cols = [
         Column("method"), Column("model"), Column("dataset"), Column("budget"),
-        Column("seed", "r"), Column("status"), Column("reason", latex_spec="p{6cm}"),
+        Column("seed", "r"), Column("status"), Column("reason", latex_spec=RAGGED + "{6cm}"),
     ]  # fmt: skip
     rows = [
         [
@@ -758,7 +777,7 @@ def key_value_table(id: str, caption: str, items: Mapping[str, Any]) -> Table:
     return Table(
         id=id,
         caption=caption,
-        columns=[Column("key"), Column("value", latex_spec="p{11cm}")],
+        columns=[Column("key"), Column("value", latex_spec=RAGGED + "{11cm}")],
         groups=[Group("", rows)],
     )
 
@@ -783,7 +802,7 @@ def provenance_table(provenance: Mapping[str, Any]) -> Table:
     return Table(
         id="provenance",
         caption="Provenance of this report.",
-        columns=[Column("key"), Column("value", latex_spec="p{11cm}")],
+        columns=[Column("key"), Column("value", latex_spec=RAGGED + "{11cm}")],
         groups=[Group("", rows)],
     )
 
@@ -854,8 +873,9 @@ def _per_epoch(m: pd.DataFrame, col: str) -> pd.DataFrame:
 
 
 def _method_legend(fig: MplFigure, t: StudyTables, methods: Iterable[str], extra=()) -> None:
-    handles = [Line2D([], [], color=t.colors[m], lw=2, label=m) for m in methods]
-    fig.legend(handles=[*handles, *extra], loc="outside right upper", title="method")
+    handles = [*(Line2D([], [], color=t.colors[m], lw=2, label=m) for m in methods), *extra]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
+               frameon=False)  # fmt: skip
 
 
 def _epoch_axis(ax) -> None:
@@ -913,6 +933,7 @@ def figure_memory(t: StudyTables) -> Figure:
                 continue
             present.append(method)
             _plot_band(ax, _per_epoch(m, col), t.colors[method])
+        ax.set_ylim(bottom=0)  # memory from zero: differences drawn to scale
         ax.set_title(group_label(*key))
         ax.set_ylabel(label)
         _epoch_axis(ax)
@@ -960,6 +981,7 @@ def figure_acc_memory(t: StudyTables) -> Figure:
             ax2.plot(mem.index, mem["mean"], color=t.colors[method], lw=1.4, ls="--",
                      marker="s" if marker else None, ms=3)  # fmt: skip
         ax.set_title(group_label(*key))
+        ax2.set_ylim(bottom=0)
         ax.set_ylabel("validation accuracy (%) — solid")
         ax2.set_ylabel(f"{label} — dashed")
         _epoch_axis(ax)
@@ -984,12 +1006,13 @@ def figure_acc_vs_budget(t: StudyTables) -> Figure:
         return Figure("acc_budget", title, note="no cells")
     budgets = [b for b in dict.fromkeys(c["budget"].dropna()) if parse_budget(b) is not None]
     if len(budgets) < 2:
+        declared = ", ".join(map(str, dict.fromkeys(c["budget"].dropna())))
         return Figure(
             "acc_budget",
             title,
             note=(
-                f"not drawn: the study has {len(budgets)} numeric budget value"
-                f"{'' if len(budgets) == 1 else 's'} (needs at least 2)"
+                "not drawn: it needs at least 2 numeric memory budgets and this study has "
+                f"{len(budgets)} (budgets: {declared})"
             ),
         )
     ok = c[(c["status"] == "ok")] if "status" in c else c
@@ -1025,7 +1048,9 @@ def figure_acc_vs_budget(t: StudyTables) -> Figure:
         ax.set_ylabel("final validation accuracy (%)")
     fig.suptitle(f"{t.study.name}: final validation accuracy vs memory budget")
     extra = [Line2D([], [], color="0.3", ls=":", label="no budget (none)")]
-    _method_legend(fig, t, dict.fromkeys(present), extra=extra if (c["budget"] == "none").any() else ())
+    if not (c["budget"] == "none").any():
+        extra = []
+    _method_legend(fig, t, dict.fromkeys(present), extra=extra)
     caption = (
         "Final validation accuracy (%) against the memory budget: mean ± std over seeds "
         "(cells with status ok only); dotted line: the same method without a budget."
@@ -1084,7 +1109,7 @@ class FigureView:
 
 def save_figure(figure: Figure, study: str, figures_dir: Path) -> FigureView:
     """Write figures/<study>_<name>.pdf and .png (deterministic bytes); embed the PNG."""
-    stem = f"{slug(study)}_{slug(figure.name).replace('-', '_')}"
+    stem = f"{file_stem(study)}_{file_stem(figure.name)}"
     view = FigureView(
         id=f"fig-{slug(study)}-{slug(figure.name)}",
         title=figure.title,
@@ -1283,6 +1308,7 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is an ordinary readable file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -1308,10 +1334,7 @@ def build_report(
     figures_dir.mkdir(parents=True, exist_ok=True)
 
     loaded = [load_study_tables(s) for s in studies]
-    all_methods = list(dict.fromkeys(m for t in loaded for m in t.methods))
-    colors = method_colors(all_methods)  # one colour per method across the whole report
-    for t in loaded:
-        t.colors = {m: colors[m] for m in t.methods}
+    share_colors(loaded)
     views = [study_view(t, figures_dir) for t in loaded]
 
     css_path = _template_dir(template_dir) / "style.css"

@@ -57,6 +57,7 @@ class TraDyn(TraDyBase):
     rule = "random"
     dynamic = True
     defaults: dict[str, Any] = {**TraDyBase.defaults, "ranking": None}
+    needs_ranking = True  # the workflow provides cfg["inputs"]["ranking"]
     test_study: dict[str, Any] = {"budgets": [TEST_BUDGET],
                                   "method_options": {"tradyn": {"ranking": "all"}}}
 

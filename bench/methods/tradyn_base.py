@@ -311,6 +311,7 @@ class TraDyBase(Method):
         out["budget_units"] = self.budget
         if self.infos:
             out["full_memory_units"] = float(C.total_costs(self.infos)["memory_units"])
+        if self.infos and self.rule in ("random", "rgn"):
             out["pool_channels"] = float(len(self.pool()))
         return out
 
