@@ -136,4 +136,4 @@ def test_cli_validate_reports_errors_without_traceback(tmp_path):
     assert "unknown method 'adam'" in proc.stderr and "Traceback" not in proc.stderr
     ok = run_cli("validate", "--configfile", str(ROOT / "config" / "smoke.yaml"))
     assert ok.returncode == 0, ok.stderr
-    assert "configuration is valid: 42 cells" in ok.stdout
+    assert "configuration is valid: 54 cells" in ok.stdout

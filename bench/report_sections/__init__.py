@@ -1,4 +1,9 @@
 """Study-specific report sections: one module per study, registered with
 `bench.report.register_study_figures` / `register_study_tables`. Imported by bench.report."""
 
-from bench.report_sections import neuroflux, restwake, tradyn  # noqa: F401  (list every study module here)
+from bench.report_sections import (  # noqa: F401  (list every study module here)
+    neuroflux,
+    restwake,
+    sparsity_regimes,
+    tradyn,
+)
