@@ -87,22 +87,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def dataset_spec(cfg: dict[str, Any], dataset: str, study: str | None = None) -> dict[str, Any]:
-    """What loading one dataset depends on: data_root and the data options of each study that
-    uses it (or of one study)."""
-    from bench.config import DATA_DEFAULTS, deep_merge
-
-    options = {
-        name: deep_merge(deep_merge(DATA_DEFAULTS, s.get("data") or {}),
-                         (s.get("data_options") or {}).get(dataset, {}))
-        for name, s in cfg["studies"].items()
-        if dataset in s["datasets"] and study in (None, name)
-    }
-    if not options:
-        raise ConfigError(f"no study of this config uses dataset '{dataset}'")
-    return {"data_root": cfg["data_root"], "options": options}
-
-
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from bench.data import load_dataset
     from bench.train import atomic_write_json
@@ -110,6 +94,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     if args.spec:
         spec = _read_json_arg(args.spec, "--spec")
     else:
+        from bench.config import dataset_spec
+
         spec = dataset_spec(load_cli_config(args), args.dataset)
     manifest: dict[str, Any] = {"dataset": args.dataset, "studies": {}}
     for study, opts in spec["options"].items():

@@ -327,6 +327,20 @@ def derive_seed(study: str, model: str, dataset: str, seed_index: int) -> int:
 RANKING_DEFAULTS: dict[str, Any] = {"epochs": 1, "fraction": 0.97}
 
 
+def dataset_spec(cfg: dict[str, Any], dataset: str, study: str | None = None) -> dict[str, Any]:
+    """What loading one dataset depends on: data_root and the data options of each study that
+    uses it (or of one study)."""
+    options = {
+        name: deep_merge(deep_merge(DATA_DEFAULTS, s.get("data") or {}),
+                         (s.get("data_options") or {}).get(dataset, {}))
+        for name, s in cfg["studies"].items()
+        if dataset in s["datasets"] and study in (None, name)
+    }
+    if not options:
+        raise ConfigError(f"no study of this config uses dataset '{dataset}'")
+    return {"data_root": cfg["data_root"], "options": options}
+
+
 def spec_hash(spec: dict) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:10]
 

@@ -12,14 +12,13 @@ from bench.config import (
     cell_dir,
     check_config,
     claims_path,
-    config_hash,
+    dataset_spec,
     plan,
     pretrain_spec,
     ranking_spec,
     resolve_cell,
     tracking_uri,
 )
-from bench.cli import dataset_spec
 from bench.errors import ConfigError
 
 
@@ -32,7 +31,6 @@ except ConfigError as e:
 RESULTS = CONFIG["results"]
 CELLS = plan(CONFIG)
 STUDIES = list(CONFIG["studies"])
-DATASETS = sorted({d for s in CONFIG["studies"].values() for d in s["datasets"]})
 CONFIG_JSON = json.dumps(CONFIG, sort_keys=True)
 
 
@@ -65,8 +63,7 @@ def prepared_data(wildcards):
     """The manifest a cell's data check writes. Its name carries a hash of the study's data
     options: a changed option is a new file (and reruns exactly the cells that use it), while
     a changed learning rate reloads nothing."""
-    spec = canonical_json(dataset_spec(CONFIG, wildcards.dataset, wildcards.study))
-    digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
+    digest = hashlib.sha256(dataset_spec_json(wildcards).encode()).hexdigest()[:10]
     return f"{RESULTS}/.prepared/{wildcards.study}/{wildcards.dataset}-{digest}.json"
 
 

@@ -10,7 +10,7 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     params:
-        config=CONFIG_JSON,
+        config=lambda wildcards: CONFIG_JSON,  # a function: braces in prose are not wildcards
         out_dir=lambda wildcards, output: os.path.dirname(output.html),
     conda:
         "../environment.yml"

@@ -237,3 +237,10 @@ def test_tradyn_pretrain_ranking_cells_and_efficiency_table(smoke_run):
     assert all(r["status"] == "tested" for r in paired if r["method"] == "tradyn")
     page = (results / "report" / "report.html").read_text()
     assert "weight sparsity" in page and "budget (bytes)" in page
+
+
+def test_braces_in_config_text_are_not_taken_for_wildcards(tmp_path):
+    cfg = write_config(tmp_path / "braces.yaml", only_baseline=True,
+                       description="accuracy at r in {0.5, 0.25} and {name} in prose")
+    proc = snakemake(tmp_path, "--configfile", str(cfg), "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
