@@ -10,7 +10,7 @@ rule aggregate:
     log:
         f"{RESULTS}/logs/aggregate/{{study}}.log",
     params:
-        config=lambda wildcards: CONFIG_JSON,  # a function: braces in prose are not wildcards
+        config=study_config_json,  # a function: braces in prose are not wildcards
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     conda:
         "../environment.yml"

@@ -99,6 +99,12 @@ def cell_config_json(wildcards):
     return json.dumps(resolve_cell(CONFIG, cell_of(wildcards)), sort_keys=True)
 
 
+def study_config_json(wildcards):
+    """The config with only this study: another study's change does not re-aggregate it."""
+    return json.dumps({**CONFIG, "studies": {wildcards.study: CONFIG["studies"][wildcards.study]}},
+                      sort_keys=True)
+
+
 def study_results(wildcards):
     return [
         str(cell_dir(RESULTS, c) / "result.json") for c in CELLS if c.study == wildcards.study
