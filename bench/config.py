@@ -223,10 +223,6 @@ def check_config(cfg: dict) -> dict:
                 methods.get(impl).resolve_options(opts)
             except ConfigError as e:
                 problems.append(f"{where}.method_options.{label}: {e}")
-        for name in (s.get("method_budgets") or {}):
-            if name not in labels:
-                problems.append(f"{where}.method_budgets.{name}: '{name}' is not one of the "
-                                f"study's methods ({', '.join(labels)})")
         user_ckpt = (s.get("pretrain") or {}).get("checkpoint")
         if user_ckpt and not Path(user_ckpt).is_file():
             problems.append(f"{where}.pretrain.checkpoint: {user_ckpt} does not exist (give the "
@@ -240,30 +236,30 @@ def check_config(cfg: dict) -> dict:
             elif s["pretrain"]["dataset"] not in datasets:
                 problems.append(f"{where}.pretrain.dataset: "
                                 f"{datasets.unknown_message(s['pretrain']['dataset'])}")
-        for name in (s.get("method_options") or {}):
-            if name not in labels:
-                problems.append(f"{where}.method_options.{name}: '{name}' is not one of the "
-                                f"study's methods ({', '.join(labels)})")
         for name in s["models"]:
             if name not in models:
                 problems.append(f"{where}.models: {models.unknown_message(name)}")
-        for name in (s.get("model_options") or {}):
-            if name not in s["models"]:
-                problems.append(f"{where}.model_options.{name}: '{name}' is not one of the "
-                                f"study's models ({', '.join(s['models'])})")
         for name in s["datasets"]:
             if name not in datasets:
                 problems.append(f"{where}.datasets: {datasets.unknown_message(name)}")
-        for name in (s.get("data_options") or {}):
-            if name not in s["datasets"]:
-                problems.append(f"{where}.data_options.{name}: '{name}' is not one of the "
-                                f"study's datasets ({', '.join(s['datasets'])})")
+        # per-name blocks must name one of the study's methods / models / datasets
+        for block, axis, members in (("method_options", "methods", labels),
+                                     ("method_budgets", "methods", labels),
+                                     ("model_options", "models", s["models"]),
+                                     ("data_options", "datasets", s["datasets"])):
+            for name in (s.get(block) or {}):
+                if name not in members:
+                    problems.append(f"{where}.{block}.{name}: '{name}' is not one of the "
+                                    f"study's {axis} ({', '.join(members)})")
+        budgets = [*(s.get("budgets") or []), *(b for bs in (s.get("method_budgets") or {}).values()
+                                                for b in bs)]
+        for budget in {budget_label(b) for b in budgets}:
+            try:
+                parse_budget(budget)
+            except ConfigError as e:
+                problems.append(f"{where}.budgets: {e}")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
-    for study, s in cfg["studies"].items():
-        for cell in _study_cells(study, s):
-            if cell.budget != "none":
-                _ = parse_budget(cell.budget)
     return cfg
 
 
