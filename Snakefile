@@ -12,7 +12,12 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
-configfile: "config/config.yaml"
+# The default config only when none is given: Snakemake would otherwise merge a
+# `--configfile` into it key by key, and settings of the default (say a study's
+# `train.warmup_epochs`) would leak into the smoke or paper run.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
@@ -21,6 +26,15 @@ include: "rules/pretrain.smk"
 include: "rules/train.smk"
 include: "rules/aggregate.smk"
 include: "rules/report.smk"
+
+
+# Cheap bookkeeping runs where snakemake runs (on a cluster: the login node, which can also
+# reach the dataset mirrors); training jobs go to the executor.
+localrules:
+    all,
+    prepare_data,
+    aggregate,
+    report,
 
 
 onstart:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.config import ROOT
+from bench.config import ROOT, check_config, load_config, plan
 
 pytestmark = pytest.mark.slow
 
@@ -244,3 +244,18 @@ def test_braces_in_config_text_are_not_taken_for_wildcards(tmp_path):
                        description="accuracy at r in {0.5, 0.25} and {name} in prose")
     proc = snakemake(tmp_path, "--configfile", str(cfg), "-n")
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_given_configfile_replaces_the_default_config(tmp_path):
+    # From the repository root, Snakemake would merge `--configfile` into the Snakefile's
+    # default config key by key: the default's studies and settings leaked into smoke and paper
+    # runs. Only the given config's cells may be planned, with its own settings.
+    cfg = write_config(tmp_path / "only.yaml", only_baseline=True)
+    data = yaml.safe_load(cfg.read_text())
+    data["results"] = str(tmp_path / "results")
+    cfg.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(["snakemake", "-n", "-p", "--cores", "1", "--configfile", str(cfg)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert planned(proc, "train") == len(plan(check_config(load_config([cfg]))))
+    assert "restwake" not in proc.stdout
