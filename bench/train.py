@@ -10,6 +10,7 @@ OOM and divergence recorded as statuses, measurement, MLflow mirroring and an at
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from bench.data import DatasetSplits, DeviceLoader, load_dataset
 from bench.methods import METHODS
 from bench.methods.base import Method
 from bench.models import build_model
+from bench.tracking import TrackingError, brief_error
 
 SCHEMA_VERSION = 1
 NAN_CHECK_EVERY = 50  # steps between divergence checks (each one syncs the device)
@@ -356,9 +358,20 @@ class Checkpoint:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
+        # Serialise in memory, then write with plain file I/O: on a full or read-only file
+        # system that raises OSError (ENOSPC, EROFS) instead of torch's zip-writer errors,
+        # and the temporary file never outlives a failed write.
+        buf = io.BytesIO()
+        torch.save(state, buf)
         tmp = self.path.with_name(f".checkpoint.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load(self, expected_hash: str) -> dict[str, Any] | None:
         """The saved state, or None (no checkpoint, another config, or an unreadable file)."""
@@ -468,7 +481,8 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
             return
         tags = {**{f"axis.{k}": str(v) for k, v in cell.axes().items()},
                 "config_hash": chash, "memrepro.version": "1"}
-        exp_id, run_id = tracker.start_cell(cfg["study"], cell.cell_id, tags, cfg)
+        exp_id, run_id = tracker.call("start the cell's MLflow run", tracker.start_cell,
+                                      cfg["study"], cell.cell_id, tags, cfg)
         if resumed_run and resumed_run != run_id:
             log(f"note: checkpoint named MLflow run {resumed_run}, the store has {run_id}")
         tracking.update(tracking_uri=tracker.uri, experiment_id=exp_id, run_id=run_id)
@@ -477,15 +491,16 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
     ok, why = method_cls(cfg["method_options"]).supports(cfg)
     if not ok:
         start_tracking(None)
+        if tracker is not None:
+            tracking["synced"] = True
         result = _result(cfg, cell, chash, "skipped", why, [], {}, {}, {}, {}, prov, started,
                          None, tracking)
-        atomic_write_json(out_path, result)
-        if tracker is not None:
-            tracker.finish(tracking["run_id"], "skipped", [out_path])
+        _publish(result, out_path, tracker, tracking, cfg, "skipped", on_failure=None)
         log(f"skipped: {why}")
         return result
 
     checkpoint = Checkpoint(out_dir)
+    mirror: _EpochMirror | None = None
     run: Run | None = None
     resumed_from: int | None = None
     status, reason = "ok", None
@@ -498,16 +513,18 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
             resumed_from = run.epoch
             log(f"resuming from the checkpoint after epoch {run.epoch} of {run.epochs}")
         start_tracking(state["tracking"]["run_id"] if state else None)
-        if tracker is not None and run.history:
-            tracker.log_epochs(tracking["run_id"], run.history, skip_logged=True)
+        if tracker is not None:
+            mirror = _EpochMirror(tracker, tracking["run_id"])
+            if run.history:  # epochs a previous session may not have logged
+                mirror.catch_up(run.history)
         if not run.static:
             run.static = measure_static(run)
 
         def on_epoch(r: Run, record: dict[str, Any]) -> None:
             checkpoint.save(r, tracking)
-            if tracker is not None:
-                tracker.log_epochs(tracking["run_id"], [record])
             log(_epoch_line(r, record))
+            if mirror is not None:
+                mirror.epoch(r.history, record)
 
         run.on_epoch = on_epoch
         if run.method.owns_loop:
@@ -517,16 +534,30 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         status, reason = run.status, run.reason
     except Exception as err:
         if not is_oom(err):
-            if tracker is not None and tracking["run_id"]:
-                tracker.set_tags(tracking["run_id"], {"error": f"{type(err).__name__}: {err}"[:5000]})
-                tracker.finish(tracking["run_id"], "failed", [])
+            if tracker is not None and tracking["run_id"] and not isinstance(err, TrackingError):
+                try:
+                    tracker.set_tags(tracking["run_id"],
+                                     {"error": f"{type(err).__name__}: {err}"[:5000]})
+                    tracker.finish(tracking["run_id"], "failed", [])
+                except Exception as e:  # noqa: BLE001 - the cell's own error is the one to show
+                    log(f"warning: could not mark the MLflow run failed ({brief_error(e)})")
             raise
         status, reason = "oom", f"out of memory: {str(err).splitlines()[0][:500]}"
         log(f"out of memory: {err}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if tracker is not None and not tracking["run_id"]:
+            start_tracking(None)  # refused while building: the result still gets its run
 
     history = run.history if run else []
+    if mirror is not None:
+        # every epoch exactly once in the run before the result exists (waits for the server)
+        try:
+            mirror.sync(history)
+        except TrackingError as e:
+            raise TrackingError(
+                f"{e}\n{_unsynced_message(cell, checkpoint, out_path, status)}") from None
+        tracking["synced"] = True
     timing = dict(run.timing) if run else {}
     timing["total_s"] = timing.get("total_s", 0.0) + (time.perf_counter() - session_start)
     final, memory, compute = {}, {}, {}
@@ -541,14 +572,110 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         tmp = save_model.with_name(f".{save_model.name}.{os.getpid()}.tmp")
         torch.save(run.model.state_dict(), tmp)
         os.replace(tmp, save_model)
-    atomic_write_json(out_path, result)
-    if tracker is not None and tracking["run_id"]:
-        tracker.client.log_dict(tracking["run_id"], cfg, "config.json")
-        tracker.finish(tracking["run_id"], status, [out_path])
+    _publish(result, out_path, tracker, tracking, cfg, status,
+             on_failure=_unsynced_message(cell, checkpoint, out_path, status))
     checkpoint.remove()
     log(f"done: status {status}" + (f" ({reason})" if reason else "")
         + (f", val_acc {final.get('val_acc'):.4f}" if final.get("val_acc") is not None else ""))
     return result
+
+
+class _EpochMirror:
+    """Mirrors each finished epoch to MLflow without ever stopping the training.
+
+    A failed log (server down, timeout) prints a warning and marks the run as pending; while
+    pending, each later epoch first probes the server and, once it answers, logs every epoch
+    not yet in the run (`skip_logged`: an epoch the server did store before the connection
+    broke is not logged twice). `sync` at the end of the cell waits for the server.
+    """
+
+    def __init__(self, tracker: Any, run_id: str) -> None:
+        self.tracker, self.run_id = tracker, run_id
+        self.pending = False  # some epochs may be missing from the run
+
+    def epoch(self, history: list[dict[str, Any]], record: dict[str, Any]) -> None:
+        n = record["epoch"] + 1
+        if self.pending and not self.tracker.healthy():
+            log(f"warning: MLflow server {self.tracker.uri} still unreachable; epoch {n} is kept "
+                f"in the checkpoint and synced later")
+            return
+        self._log(history if self.pending else [record], skip_logged=self.pending,
+                  what=f"epoch {n}")
+
+    def catch_up(self, history: list[dict[str, Any]]) -> None:
+        self._log(history, skip_logged=True, what="the resumed epochs")
+
+    def _log(self, entries: list[dict[str, Any]], skip_logged: bool, what: str) -> None:
+        was_pending = self.pending
+        try:
+            self.tracker.log_epochs(self.run_id, entries, skip_logged=skip_logged)
+        except Exception as e:  # noqa: BLE001 - the training goes on whatever MLflow does
+            self.pending = True
+            log(f"warning: could not log {what} to MLflow ({brief_error(e)}); training goes "
+                f"on, the run is synced before the result is written")
+            return
+        self.pending = False
+        if was_pending:
+            log(f"tracking: MLflow server {self.tracker.uri} is back; the run is in sync again")
+
+    def sync(self, history: list[dict[str, Any]]) -> None:
+        """Log every epoch not yet in the run, waiting for the server (`Tracker.call`)."""
+        if not self.pending:
+            return
+        log("tracking: syncing the epochs MLflow missed")
+        self.tracker.call("sync the cell's epochs to MLflow", self.tracker.log_epochs,
+                          self.run_id, history, skip_logged=True)
+        self.pending = False
+        log("tracking: MLflow run synced")
+
+
+def _unsynced_message(cell: Cell, checkpoint: Checkpoint, out_path: Path, status: str) -> str:
+    """What a cell whose MLflow run could not be completed leaves behind, and what to do."""
+    rerun = "Rerunning the cell (Snakemake's retries, or running it again)"
+    if status in ("ok", "diverged") and checkpoint.path.exists():
+        return (f"The training of cell {cell.cell_id} is finished (status {status}) and kept in "
+                f"{checkpoint.path}; no {out_path.name} was written. {rerun} resumes from that "
+                f"checkpoint without training again: it only syncs the MLflow run and writes "
+                f"{out_path}.")
+    return (f"Cell {cell.cell_id} ended with status {status}; no {out_path.name} was written. "
+            f"{rerun} resumes from its last checkpoint (if any), syncs the MLflow run and "
+            f"writes {out_path}.")
+
+
+def _publish(result: dict[str, Any], out_path: Path, tracker: Any | None,
+             tracking: dict[str, Any], cfg: dict[str, Any], status: str,
+             on_failure: str | None) -> None:
+    """Write `result.json` atomically; with tracking, only once its MLflow run is complete.
+
+    The result is staged beside `out_path`, attached to the run (with config.json) and the run
+    closed, then moved into place: a result file always has a finished run, and a failure
+    (the server gone for longer than the tracker waits) leaves no result and raises
+    `TrackingError` (`on_failure` appended to its message).
+    """
+    if tracker is None or not tracking.get("run_id"):
+        atomic_write_json(out_path, result)
+        return
+    stage_dir = out_path.parent / f".{out_path.name}.staged"
+    staged = stage_dir / out_path.name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write_json(staged, result)
+
+        def close_run() -> None:
+            tracker.client.log_dict(tracking["run_id"], cfg, "config.json")
+            tracker.finish(tracking["run_id"], status, [staged])
+
+        try:
+            tracker.call("close the cell's MLflow run", close_run)
+        except TrackingError as e:
+            raise TrackingError(f"{e}\n{on_failure}" if on_failure else str(e)) from None
+        os.replace(staged, out_path)
+    finally:
+        staged.unlink(missing_ok=True)
+        try:
+            stage_dir.rmdir()
+        except OSError:
+            pass
 
 
 def _epoch_line(run: Run, r: dict[str, Any]) -> str:
