@@ -7,6 +7,8 @@
     train          run one cell and write its result.json
     aggregate      a study's tables from its result files
     report         the HTML + LaTeX report from every study's tables
+    faults         inject cluster faults (kills, full disk, server down, ...) and print a table
+    verify         is a finished run complete: results, tables, report, MLflow runs
 
 Config comes from `--configfile F [F ...]` (YAML, merged in order) or `--config-json` (the
 merged config Snakemake passes). Errors the user can fix print one message and exit 2.
@@ -15,14 +17,21 @@ merged config Snakemake passes). Errors the user can fix print one message and e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, ConfigError
+
+
+# A full, read-only or over-quota file system: the user's to fix, not a bug to trace back.
+UNWRITABLE = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EFBIG}
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -145,8 +154,91 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         root = args.artifact_root or os.environ.get("MEMREPRO_ARTIFACT_ROOT")
         tracker = Tracker(uri, Path(root) if root else None)
-    result = run_cell(cfg, Path(args.out), tracker=tracker, threads=args.threads)
+    with cell_lock(Path(args.out).parent):
+        result = _finished_result(cfg, Path(args.out))
+        if result is None:
+            result = run_cell(cfg, Path(args.out), tracker=tracker, threads=args.threads)
     return 0 if result["status"] in ("ok", "oom", "diverged", "skipped") else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from bench.verify import verify_run
+
+    cfg = load_cli_config(args)
+    if args.results:
+        cfg["results"] = args.results
+    verdict = verify_run(cfg, statuses=tuple(args.status), tables=not args.no_report,
+                         report=not args.no_report, tracking=not args.no_tracking,
+                         uri=args.tracking_uri)
+    print(verdict.summary())
+    return 0 if verdict.ok else 1
+
+
+def _finished_result(cfg: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """The cell's result if another process already finished it for this very config.
+
+    Snakemake deletes a job's outputs before it starts, so a result found here was written
+    while this process waited in `cell_lock` (an orphaned copy from a killed run finished it):
+    training again would only duplicate it.
+    """
+    from bench.config import config_hash
+
+    try:
+        doc = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if doc.get("config_hash") != config_hash(cfg) or doc.get("status") == "failed":
+        return None
+    print(f"{out} was finished by another process for this config (status {doc['status']}); "
+          f"nothing to do", file=sys.stderr, flush=True)
+    return doc
+
+
+@contextlib.contextmanager
+def cell_lock(out_dir: Path, poll_s: float = 1.0) -> Iterator[None]:
+    """Hold `<cell>/.lock` while the cell runs: a second copy of the same cell waits.
+
+    It happens when `snakemake` itself is killed: its running jobs live on as orphans, and the
+    rerun (`--rerun-incomplete`) starts the same cells again. The second copy waits for the
+    first to finish, then resumes from its final checkpoint (or its result) instead of racing
+    it for the same checkpoint, result file and MLflow run. The kernel drops the lock when the
+    holder dies, so a killed cell never blocks its retry.
+    """
+    import fcntl
+    import time
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a+") as f:
+        waited = 0.0
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waited % 60 == 0:
+                    print(f"another process is running this cell ({out_dir}); waiting for it",
+                          file=sys.stderr, flush=True)
+                time.sleep(poll_s)
+                waited += poll_s
+        yield
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    from bench.faults import FAULTS, run_faults, table
+
+    if args.list:
+        for f in FAULTS.values():
+            print(f"{f.name:24s} {f.injected}")
+        return 0
+    unknown = [n for n in args.only or [] if n not in FAULTS]
+    if unknown:
+        raise ConfigError(f"unknown fault(s) {', '.join(unknown)}; faults: {', '.join(FAULTS)}")
+    reports = run_faults(args.only, Path(args.workdir) if args.workdir else None,
+                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(table(reports))
+    if args.markdown:
+        Path(args.markdown).write_text(table(reports, markdown=True) + "\n")
+    return 0 if all(r.outcome is None or r.outcome.survived for r in reports) else 1
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -297,6 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", required=True)
     s.add_argument("--command-line", default=None, help="the command to state in the report")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("verify", help="check a finished run: nothing lost or duplicated")
+    _add_config_args(s)
+    s.add_argument("--results", default=None, help="results folder (default: the config's)")
+    s.add_argument("--status", nargs="+", default=["ok", "oom", "diverged", "skipped"],
+                   help="statuses a result may have (default: every finished status)")
+    s.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, then the config's)")
+    s.add_argument("--no-tracking", action="store_true", help="do not check MLflow runs")
+    s.add_argument("--no-report", action="store_true", help="do not check tables and report")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("faults", help="inject faults and print what survived (bench.faults)")
+    s.add_argument("--only", nargs="+", default=None, metavar="FAULT", help="faults to run")
+    s.add_argument("--list", action="store_true", help="list the faults and exit")
+    s.add_argument("--workdir", default=None, help="scratch folder (default: the system's)")
+    s.add_argument("--markdown", default=None, help="also write the table as Markdown here")
+    s.set_defaults(func=cmd_faults)
     return p
 
 
@@ -307,3 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in UNWRITABLE:
+            raise
+        print(f"error: cannot write {e.filename or 'the results'}: {e.strerror}. Finished "
+              f"results are untouched and nothing was half-written; free space (or make the "
+              f"results folder writable, or point `results:` elsewhere) and rerun: the cell "
+              f"resumes from its last checkpoint.", file=sys.stderr)
+        return 3

@@ -1,0 +1,71 @@
+"""The fault-injection suite (bench.faults): every registered fault, staged for real.
+
+A fault this machine cannot stage (Slurm not up, not root) is skipped with the reason; the
+Slurm faults run in scripts/cluster/test.sh, which brings a cluster up first.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.faults import FAULTS, missing_needs, run_faults, table
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_fault_is_survived_without_losing_or_duplicating_results(name, tmp_path):
+    why = missing_needs(FAULTS[name])
+    if why:
+        pytest.skip(why)
+    (report,) = run_faults([name], workdir=tmp_path)
+    print(table([report]))
+    outcome = report.outcome
+    assert outcome is not None
+    assert outcome.survived, outcome.observed
+    assert outcome.lost == 0 and outcome.duplicated == 0, outcome.observed
+
+
+def test_table_lists_unstaged_faults_with_their_reason():
+    from bench.faults import Report
+
+    f = FAULTS["scancel_job"]
+    text = table([Report(f, None, 0.0, "needs a Slurm cluster")], markdown=True)
+    assert "scancel_job" in text and "not staged: needs a Slurm cluster" in text
+    assert text.splitlines()[0].startswith("| fault | injected | expected |")
+
+
+def test_verify_counts_what_was_lost_and_what_was_duplicated(tmp_path):
+    """The checker the faults rely on must see a missing result, a second run for a cell and
+    an epoch logged twice (a checker that cannot fail would make every fault 'survived')."""
+    from bench.faults import tiny_config
+    from bench.tracking import Tracker, init_store
+    from bench.train import run_cell
+    from bench.verify import verify_run
+
+    cfg = tiny_config(tmp_path, {"seeds": 2, "epochs": 2})
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    init_store(uri, ["f"], tmp_path / "art")
+    from bench.config import cell_dir, plan, resolve_cell
+
+    tracker = Tracker(uri, tmp_path / "art")
+    outs = []
+    for cell in plan(cfg):
+        out = cell_dir(cfg["results"], cell) / "result.json"
+        run_cell(resolve_cell(cfg, cell), out, tracker=tracker)
+        outs.append(out)
+    clean = verify_run(cfg, tables=False, report=False, uri=uri)
+    assert clean.ok and clean.results == 2 and clean.runs == 2, clean.summary()
+
+    first = json.loads(outs[0].read_text())
+    tracker.client.log_metric(first["mlflow"]["run_id"], "val_acc", 0.5, step=1)  # twice
+    second = json.loads(outs[1].read_text())
+    tracker.client.create_run(tracker.experiment_id("f"), tags={
+        "cell_id": second["cell_id"], "config_hash": second["config_hash"]})
+    outs[1].unlink()
+    v = verify_run(cfg, tables=False, report=False, uri=uri)
+    assert not v.ok
+    assert v.lost == 1 and v.duplicated == 2, v.summary()
+    assert "no result.json" in v.summary() and "logged twice [1]" in v.summary()
