@@ -116,6 +116,34 @@ def study_claims(wildcards):
     return [str(path)] if path.exists() else []
 
 
+# Resources. Snakemake's local scheduler counts them against `--resources`; the slurm executor
+# turns them into sbatch options (--mem, --time, --gpus, --cpus-per-task). Memory and runtime
+# grow with each retry (`retries:` in the profiles), so a cell killed for exceeding its
+# allocation comes back with more. profiles/slurm can override them with `set-resources`.
+TRAIN_MEM_MB = 2000  # per attempt; a quick cell needs < 1 GB on CPU
+TRAIN_RUNTIME_MIN = 60  # per attempt
+
+
+def uses_gpu():
+    """1 when cells run on CUDA (`device: cuda`): Slurm then places them on GPU nodes."""
+    return 1 if str(CONFIG["device"]).startswith("cuda") else 0
+
+
+def gpu_exclusive(wildcards):
+    """1 for studies marked `device_exclusive` (cells that measure speed want a whole GPU)."""
+    return int(bool(CONFIG["studies"][wildcards.study].get("device_exclusive", False)))
+
+
+# On a local multi-GPU machine, `bench.slots` gives each job a free device (Snakemake counts
+# GPUs but never assigns them) and execs the command; with `gpu=0`, or under Slurm (which
+# assigns devices itself), it only execs. Values travel as resources, not params, so changing
+# them never reruns a finished cell.
+GPU_SLOT = (
+    f"python -m bench.slots --lock-dir {RESULTS}/.gpu-slots "
+    "--need {resources.gpu} --exclusive-if {resources.gpu_exclusive} --"
+)
+
+
 def init_tracking_command():
     """Create the MLflow store and the studies' experiments once, before any job (`onstart`):
     MLflow's schema migration races when several cells open a brand-new sqlite file at once."""

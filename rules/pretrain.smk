@@ -14,10 +14,17 @@ rule pretrain:
         ),
         device=CONFIG["device"],
     threads: CONFIG["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: TRAIN_MEM_MB * attempt,
+        runtime=lambda wildcards, attempt: TRAIN_RUNTIME_MIN * attempt,
+        gpu=uses_gpu(),
+        gpu_exclusive=gpu_exclusive,
+        cpus_per_task=lambda wildcards, threads: threads,
     conda:
         "../environment.yml"
     shell:
-        "python -m bench pretrain --spec {params.spec:q} --out {output:q} "
+        f"{GPU_SLOT} python -m bench "
+        "pretrain --spec {params.spec:q} --out {output:q} "
         "--threads {threads} --device {params.device} > {log:q} 2>&1"
 
 
@@ -34,8 +41,15 @@ rule rank_layers:
         ),
         device=CONFIG["device"],
     threads: CONFIG["threads"]
+    resources:
+        mem_mb=lambda wildcards, attempt: TRAIN_MEM_MB * attempt,
+        runtime=lambda wildcards, attempt: TRAIN_RUNTIME_MIN * attempt,
+        gpu=uses_gpu(),
+        gpu_exclusive=gpu_exclusive,
+        cpus_per_task=lambda wildcards, threads: threads,
     conda:
         "../environment.yml"
     shell:
-        "python -m bench rank-layers --spec {params.spec:q} --out {output:q} "
+        f"{GPU_SLOT} python -m bench "
+        "rank-layers --spec {params.spec:q} --out {output:q} "
         "--threads {threads} --device {params.device} > {log:q} 2>&1"

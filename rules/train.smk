@@ -13,9 +13,14 @@ rule train:
         cell=cell_config_json,
     threads: CONFIG["threads"]
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: TRAIN_MEM_MB * attempt,
+        runtime=lambda wildcards, attempt: TRAIN_RUNTIME_MIN * attempt,
+        gpu=uses_gpu(),
+        gpu_exclusive=gpu_exclusive,
+        cpus_per_task=lambda wildcards, threads: threads,
     conda:
         "../environment.yml"
     shell:
-        "python -m bench train --cell {params.cell:q} --out {output:q} "
+        f"{GPU_SLOT} python -m bench "
+        "train --cell {params.cell:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
