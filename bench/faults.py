@@ -306,7 +306,7 @@ def _sigkill_snakemake(work: Path) -> Outcome:
     done_before = sum((d / "result.json").exists() for d in cells)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    orphans = subprocess.run(["pgrep", "-f", f"--out {work}"], capture_output=True,
+    orphans = subprocess.run(["pgrep", "-f", "--", f"--out {work}"], capture_output=True,
                              text=True).stdout.split()
     subprocess.run(snakemake_cmd(work, config, "--unlock"), cwd=work, env=env,
                    capture_output=True, timeout=120)
