@@ -69,3 +69,39 @@ def test_verify_counts_what_was_lost_and_what_was_duplicated(tmp_path):
     assert not v.ok
     assert v.lost == 1 and v.duplicated == 2, v.summary()
     assert "no result.json" in v.summary() and "logged twice [1]" in v.summary()
+
+
+def test_a_second_copy_of_a_running_cell_waits_and_reuses_its_result(tmp_path):
+    """What a rerun after `snakemake` was SIGKILLed meets: the orphaned first copy still holds
+    the cell. The second copy must wait, then take the finished result instead of training
+    (and logging) the cell a second time."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    from bench.config import ROOT, cell_dir, config_hash, plan, resolve_cell
+    from bench.faults import tiny_config, wait_for_line
+
+    cfg = tiny_config(tmp_path)
+    (cell,) = plan(cfg)
+    resolved = resolve_cell(cfg, cell)
+    out = cell_dir(cfg["results"], cell) / "result.json"
+    out.parent.mkdir(parents=True)
+    (tmp_path / "cell.json").write_text(json.dumps(resolved))
+    with open(out.parent / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the orphan's lock
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench", "train", "--cell", f"@{tmp_path / 'cell.json'}",
+             "--out", str(out)], cwd=ROOT, env={**__import__("os").environ,
+                                                "MEMREPRO_TRACKING": "off"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        waiting = wait_for_line(proc, "another process is running this cell", timeout=180)
+        time.sleep(2)
+        assert proc.poll() is None, "the second copy must wait for the first"
+        out.write_text(json.dumps({"cell_id": cell.cell_id, "status": "ok",
+                                   "config_hash": config_hash(resolved)}))  # orphan finishes
+    log, _ = proc.communicate(timeout=120)
+    log = "".join(waiting) + log
+    assert proc.returncode == 0, log
+    assert "finished by another process" in log and "epoch 1/" not in log

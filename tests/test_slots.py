@@ -170,6 +170,9 @@ def test_device_ids_discovery(tmp_path: Path) -> None:
     (["--", "true"], {"MEMREPRO_SLOTS_PER_GPU": "0"}, "slots per GPU must be >= 1"),
     (["--gpus", "-1", "--", "true"], {}, "must be >= 0"),
     (["--", "true"], {"MEMREPRO_GPUS": "two"}, "MEMREPRO_GPUS='two' is not an integer"),
+    (["--need", "-1", "--", "true"], {}, "--need must be >= 0"),
+    (["--need", "2", "--", "true"], {"MEMREPRO_GPUS": "2"}, "one job holds one device"),
+    (["--exclusive-if", "2", "--", "true"], {}, "invalid choice"),
 ])
 def test_bad_input_exits_2(tmp_path: Path, args: list[str], extra: dict[str, str],
                            needle: str) -> None:
