@@ -37,7 +37,7 @@ from bench.verify import verify_run
 
 # A study small enough for 32 copies on 2 cores, big enough that an epoch takes a moment.
 TINY_STUDY: dict[str, Any] = {
-    "description": "fault-injection study",
+    "description": "tiny study (tests and fault injection)",
     "reference": "sgd",
     "methods": ["sgd"],
     "models": ["resnet18_cifar"],
@@ -230,6 +230,14 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 300) -> 
     raise RuntimeError(f"no line with {needle!r} appeared; output:\n{''.join(lines)[-3000:]}")
 
 
+def kill_after(proc: subprocess.Popen, line: str, delay_s: float = 0.0) -> None:
+    """SIGKILL a cell `delay_s` after it printed `line` (no chance to clean up)."""
+    wait_for_line(proc, line)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
@@ -263,11 +271,7 @@ def _sigkill_cell(work: Path) -> Outcome:
     cfg = tiny_config(work, {"epochs": 5})
     uri = store_uri(work)
     (cell, path, out), = cell_files(cfg, work)
-    proc = start_cell(path, out, uri, work)
-    wait_for_line(proc, "epoch 2/5")
-    time.sleep(0.3)  # into epoch 3
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(start_cell(path, out, uri, work), "epoch 2/5", 0.3)  # into epoch 3
     had_checkpoint = (out.parent / "checkpoint.pt").exists()
     code, log = finish(start_cell(path, out, uri, work))
     result = json.loads(out.read_text()) if out.exists() else {}
@@ -373,10 +377,7 @@ def _truncated_checkpoint(work: Path) -> Outcome:
     cfg = tiny_config(work, {"epochs": 4})
     uri = store_uri(work)
     (cell, path, out), = cell_files(cfg, work)
-    proc = start_cell(path, out, uri, work)
-    wait_for_line(proc, "epoch 2/4")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(start_cell(path, out, uri, work), "epoch 2/4")
     ckpt = out.parent / "checkpoint.pt"
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[: len(data) // 2])

@@ -11,22 +11,11 @@ from typing import Any
 
 import pytest
 
+from bench import faults
 from bench.config import ROOT, Cell, check_config, load_config, resolve_cell
 
-TINY_STUDY: dict[str, Any] = {
-    "description": "tiny study for tests",
-    "reference": "sgd",
-    "methods": ["sgd"],
-    "models": ["resnet18_cifar"],
-    "datasets": ["synthetic"],
-    "budgets": ["none"],
-    "seeds": 1,
-    "epochs": 2,
-    "train": {"batch_size": 32, "lr": 0.05, "momentum": 0.9, "warmup_steps": 1},
-    "data": {"image_size": 16, "augment": True},
-    "data_options": {"synthetic": {"n_train": 128, "n_val": 64, "num_classes": 4}},
-    "model": {"width": 0.125},
-}
+# the same tiny study the fault-injection suite uses
+TINY_STUDY: dict[str, Any] = faults.TINY_STUDY
 
 
 def tiny_config(results: Path, **study_overrides: Any) -> dict[str, Any]:
