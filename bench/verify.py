@@ -37,6 +37,7 @@ class Verdict:
     cells: int = 0
     results: int = 0
     runs: int = 0
+    earlier_runs: int = 0  # runs of a cell's earlier configs (history, not duplicates)
     lost: int = 0  # planned cells without a result, results not mirrored to MLflow
     duplicated: int = 0  # cells with two results/runs/rows, metric steps logged twice
     problems: list[str] = field(default_factory=list)
@@ -51,8 +52,10 @@ class Verdict:
         return not self.problems
 
     def summary(self) -> str:
+        earlier = f" (+{self.earlier_runs} of earlier configs)" if self.earlier_runs else ""
         head = (f"{self.cells} cells planned, {self.results} results found, "
-                f"{self.runs} MLflow runs found, {self.lost} lost, {self.duplicated} duplicated")
+                f"{self.runs} MLflow runs found{earlier}, {self.lost} lost, "
+                f"{self.duplicated} duplicated")
         if self.ok:
             return head + ": complete, nothing lost or duplicated"
         shown = "\n".join(f"  - {p}" for p in self.problems[:50])
@@ -157,13 +160,13 @@ def _check_tracking(uri: str, cells: list, hashes: dict[str, str],
         if exp is None:
             v.problems.append(f"MLflow {uri}: no experiment {study!r}")
             continue
-        runs = _all_runs(client, exp.experiment_id)
-        v.runs += len(runs)
         per_cell: dict[str, list] = defaultdict(list)
-        for run in runs:
+        for run in _all_runs(client, exp.experiment_id):
             cid = run.data.tags.get("cell_id", "?")
             if cid in hashes and run.data.tags.get("config_hash") != hashes[cid]:
-                continue  # a run of an earlier config of this cell
+                v.earlier_runs += 1  # a run of an earlier config of this cell
+                continue
+            v.runs += 1
             per_cell[cid].append(run)
         for cid, group in per_cell.items():
             if len(group) > 1:
