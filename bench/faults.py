@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -163,12 +164,19 @@ def table(reports: list[Report], markdown: bool = False) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
+def study_name(work: Path) -> str:
+    """The scratch folder's name as a study name: each fault gets its own MLflow experiment
+    even when every fault writes to one tracking server (runs are found again by cell and
+    config, and the faults' tiny cells share both)."""
+    return re.sub(r"[^a-z0-9_]", "_", work.name.lower())
+
+
 def tiny_config(work: Path, study: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
-    """A checked config with one study `f` writing under `work/results`."""
+    """A checked config with one study (named after `work`) writing under `work/results`."""
     s = copy.deepcopy(TINY_STUDY)
     s.update(study or {})
     cfg = {"results": str(work / "results"), "data_root": str(work / "data"), "device": "cpu",
-           "threads": 1, "studies": {"f": s}, **top}
+           "threads": 1, "studies": {study_name(work): s}, **top}
     return check_config(cfg)
 
 
@@ -589,8 +597,8 @@ def _budget(work: Path) -> Outcome:
        "folder appears")
 def _unknown(work: Path) -> Outcome:
     cfg = tiny_config(work)
-    cfg["studies"]["f"]["methods"] = ["sgdd"]
-    cfg["studies"]["f"]["reference"] = "sgdd"
+    cfg["studies"][study_name(work)]["methods"] = ["sgdd"]
+    cfg["studies"][study_name(work)]["reference"] = "sgdd"
     config = write_config(work, cfg)
     proc = subprocess.run(snakemake_cmd(work, config, "--cores", "1"), cwd=work, env=_env(),
                           capture_output=True, text=True, timeout=300)

@@ -47,7 +47,7 @@ def test_verify_counts_what_was_lost_and_what_was_duplicated(tmp_path):
 
     cfg = tiny_config(tmp_path, {"seeds": 2, "epochs": 2})
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    init_store(uri, ["f"], tmp_path / "art")
+    init_store(uri, [], tmp_path / "art")
     from bench.config import cell_dir, plan, resolve_cell
 
     tracker = Tracker(uri, tmp_path / "art")
@@ -62,7 +62,7 @@ def test_verify_counts_what_was_lost_and_what_was_duplicated(tmp_path):
     first = json.loads(outs[0].read_text())
     tracker.client.log_metric(first["mlflow"]["run_id"], "val_acc", 0.5, step=1)  # twice
     second = json.loads(outs[1].read_text())
-    tracker.client.create_run(tracker.experiment_id("f"), tags={
+    tracker.client.create_run(tracker.experiment_id(second["axes"]["study"]), tags={
         "cell_id": second["cell_id"], "config_hash": second["config_hash"]})
     outs[1].unlink()
     v = verify_run(cfg, tables=False, report=False, uri=uri)
