@@ -276,18 +276,20 @@ def _verdict(ok: bool, what: str, lost: int, dup: int, problems: list[str]) -> O
        "the rerun resumes from the last epoch checkpoint; one result, one MLflow run, "
        "every epoch logged once")
 def _sigkill_cell(work: Path) -> Outcome:
-    cfg = tiny_config(work, {"epochs": 5})
+    # 1024 images: an epoch lasts long enough for the kill to land inside epoch 3
+    cfg = tiny_config(work, {"epochs": 5, "data_options": {"synthetic": {
+        "n_train": 1024, "n_val": 64, "num_classes": 4}}})
     uri = store_uri(work)
     (cell, path, out), = cell_files(cfg, work)
-    kill_after(start_cell(path, out, uri, work), "epoch 2/5", 0.3)  # into epoch 3
+    kill_after(start_cell(path, out, uri, work), "epoch 2/5", 0.3)
     had_checkpoint = (out.parent / "checkpoint.pt").exists()
     code, log = finish(start_cell(path, out, uri, work))
     result = json.loads(out.read_text()) if out.exists() else {}
     resumed = (result.get("provenance") or {}).get("resumed_from_epoch")
     lost, dup, problems = check(cfg, uri)
     ok = code == 0 and had_checkpoint and resumed is not None and resumed >= 2
-    return _verdict(ok, f"killed during epoch 3; rerun exit {code}, resumed after epoch "
-                        f"{resumed}", lost, dup, problems)
+    return _verdict(ok, f"killed 0.3 s after epoch 2 ended; rerun exit {code}, resumed "
+                        f"after epoch {resumed}", lost, dup, problems)
 
 
 @fault("sigkill_snakemake", "SIGKILL the snakemake process mid-run (its jobs live on as "
@@ -295,15 +297,21 @@ def _sigkill_cell(work: Path) -> Outcome:
        "the rerun waits for or redoes the interrupted cells and completes; no duplicated "
        "result or MLflow run")
 def _sigkill_snakemake(work: Path) -> Outcome:
-    cfg = tiny_config(work, {"epochs": 4, "seeds": 3, "methods": ["sgd", "plain"],
+    # epochs of ~1 s (1024 images), so the cells killed mid-run are still running as orphans
+    # when the rerun starts
+    cfg = tiny_config(work, {"epochs": 6, "seeds": 2, "methods": ["sgd", "plain"],
                              "variants": {"plain": {"method": "sgd",
-                                                    "options": {"momentum": 0.0}}}})
+                                                    "options": {"momentum": 0.0}}},
+                             "data_options": {"synthetic": {"n_train": 1024, "n_val": 64,
+                                                            "num_classes": 4}}})
     config = write_config(work, cfg)
     uri = f"sqlite:///{work / 'results' / 'mlflow.db'}"
     env = _env()
     env.pop("MLFLOW_TRACKING_URI", None)
+    # output to a file, not a pipe: orphaned jobs keep a pipe open until they end
+    log = open(work / "snakemake.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(snakemake_cmd(work, config, "--cores", "2"), cwd=work, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT)
     cells = [cell_dir(cfg["results"], c) for c in plan(cfg)]
     end = time.time() + 600
     while time.time() < end:  # kill once a cell is done and another is mid-training
@@ -314,11 +322,14 @@ def _sigkill_snakemake(work: Path) -> Outcome:
             break
         time.sleep(0.2)
     if proc.poll() is not None:
+        log.close()
         return Outcome(False, "snakemake finished before it could be killed")
     done_before = sum((d / "result.json").exists() for d in cells)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    orphans = subprocess.run(["pgrep", "-f", "--", f"--out {work}"], capture_output=True,
+    proc.wait()
+    log.close()
+    pattern = rf"^\S*python\S* -m bench train .*{study_name(work)}"
+    orphans = subprocess.run(["pgrep", "-f", pattern], capture_output=True,
                              text=True).stdout.split()
     subprocess.run(snakemake_cmd(work, config, "--unlock"), cwd=work, env=env,
                    capture_output=True, timeout=120)
