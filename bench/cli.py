@@ -233,6 +233,11 @@ def cmd_faults(args: argparse.Namespace) -> int:
     unknown = [n for n in args.only or [] if n not in FAULTS]
     if unknown:
         raise ConfigError(f"unknown fault(s) {', '.join(unknown)}; faults: {', '.join(FAULTS)}")
+    # a SIGTERM (CI's timeout) unwinds like Ctrl-C, so the scenarios' cleanups run: servers
+    # they started are stopped, file systems they mounted are unmounted
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reports = run_faults(args.only, Path(args.workdir) if args.workdir else None,
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(table(reports))
