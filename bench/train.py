@@ -293,17 +293,31 @@ def provenance(device: torch.device, threads: int) -> dict[str, Any]:
     }
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write `path` all or nothing: a temp file beside it, fsync, rename. On a full or
+    read-only file system the OSError propagates and no temp file is left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, default=_json_default)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=_json_default).encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """torch.save through `atomic_write_bytes` (serialised in memory first: torch's own zip
+    writer reports a full disk as a RuntimeError and leaves its file behind)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def _json_default(obj: Any) -> Any:
@@ -358,20 +372,7 @@ class Checkpoint:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
-        # Serialise in memory, then write with plain file I/O: on a full or read-only file
-        # system that raises OSError (ENOSPC, EROFS) instead of torch's zip-writer errors,
-        # and the temporary file never outlives a failed write.
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        tmp = self.path.with_name(f".checkpoint.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(buf.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_torch_save(self.path, state)
 
     def load(self, expected_hash: str) -> dict[str, Any] | None:
         """The saved state, or None (no checkpoint, another config, or an unreadable file)."""
@@ -568,10 +569,7 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
     result = _result(cfg, cell, chash, status, reason, history, final, memory, compute, timing,
                      prov, started, resumed_from, tracking)
     if save_model is not None and run is not None and status == "ok":
-        save_model = Path(save_model)
-        tmp = save_model.with_name(f".{save_model.name}.{os.getpid()}.tmp")
-        torch.save(run.model.state_dict(), tmp)
-        os.replace(tmp, save_model)
+        atomic_torch_save(Path(save_model), run.model.state_dict())
     _publish(result, out_path, tracker, tracking, cfg, status,
              on_failure=_unsynced_message(cell, checkpoint, out_path, status))
     checkpoint.remove()

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.aggregate import TABLES
 from bench.config import cell_dir, config_hash, plan, resolve_cell, tracking_uri
 
-TABLES = ("cells", "history", "summary", "paired_tests", "memory_summary", "claims",
-          "paper_checks")
 FINISHED_STATUSES = ("ok", "oom", "diverged", "skipped")
 CHECKED_METRICS = ("val_acc", "val_loss", "train_loss")
 
