@@ -78,6 +78,7 @@ import pandas as pd
 import yaml
 
 from bench import stats
+from bench.checks import checks_table
 from bench.errors import BenchError, ConfigError
 
 AXES = ("study", "method", "model", "dataset", "budget", "seed")
@@ -129,7 +130,8 @@ CLAIM_REQUIRED = ("id", "source", "method", "metric")
 WHERE_KEYS = GROUP
 STATISTICS = ("paired_p",)
 
-TABLES = ("cells", "history", "summary", "paired_tests", "memory_summary", "claims", "paper_checks")
+TABLES = ("cells", "history", "summary", "paired_tests", "memory_summary", "claims", "paper_checks",
+          "mechanism_checks")
 
 
 class ResultFileError(BenchError):
@@ -768,6 +770,7 @@ def aggregate_study(
         "memory_summary": memory_summary_table(cells),
         "claims": claims_table(claims_doc, cells, reference),
         "paper_checks": paper_checks_table(claims_doc),
+        "mechanism_checks": checks_table(studies[0] if studies else "", results),
     }
     out_dir = Path(out_dir)
     return {name: write_csv_atomic(tables[name], out_dir / f"{name}.csv") for name in TABLES}

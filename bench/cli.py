@@ -29,7 +29,6 @@ from typing import Any
 
 from bench.errors import BenchError, ConfigError
 
-
 # A full, read-only or over-quota file system: the user's to fix, not a bug to trace back.
 UNWRITABLE = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EFBIG}
 
@@ -256,19 +255,31 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_rank_layers(args: argparse.Namespace) -> int:
-    from bench.pretrain import rank_layers
+    import bench.studies  # noqa: F401  (studies register their upstream stages)
+    from bench.pretrain import UPSTREAM_STAGES
 
     spec = _read_json_arg(args.spec, "--spec")
-    ranking = rank_layers(spec, Path(args.out), threads=args.threads or 1, device=args.device)
+    ranking = UPSTREAM_STAGES.get("rank_layers")(spec, Path(args.out), threads=args.threads or 1, device=args.device)
     print(f"ranking: top-{ranking['k']} of {ranking['n_layers']} layers -> {args.out}",
           file=sys.stderr)
     return 0
 
 
+def cmd_new_study(args: argparse.Namespace) -> int:
+    from bench import newstudy, studies
+
+    dest = Path(args.dest) if args.dest else Path(studies.__path__[0])
+    folder = newstudy.write_skeleton(args.name, dest, args.title or "")
+    print(newstudy.instructions(folder, args.name, args.title or ""))
+    return 0
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
+    from bench import studies
     from bench.aggregate import aggregate_study
     from bench.config import cell_dir, claims_path, plan
 
+    studies.load_checks()
     cfg = load_cli_config(args)
     cells = plan(cfg, args.study)
     paths = [cell_dir(cfg["results"], c) / "result.json" for c in cells]
@@ -288,10 +299,12 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    import bench.report_sections  # noqa: F401  (registers the studies' own figures and tables)
+    import bench.studies
     from bench.config import TRAIN_DEFAULTS, deep_merge, tracking_uri
     from bench.report import StudyInput, build_report
     from bench.train import provenance, resolve_device
+
+    bench.studies.load_reports()  # the studies' own figures and tables register
 
     cfg = load_cli_config(args)
     uri = tracking_uri(cfg) if cfg["tracking"]["enabled"] else "(tracking off)"
@@ -375,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_pretrain)
 
+    s = sub.add_parser("new-study", help="write the skeleton of a new paper's study folder")
+    s.add_argument("name", help="the study's name (its package and config key)")
+    s.add_argument("--title", default=None, help="the paper's title")
+    s.add_argument("--dest", default=None,
+                   help="folder to write it into (default bench/studies; another folder must "
+                        "be listed in MEMREPRO_STUDIES_PATH to be found)")
+    s.set_defaults(func=cmd_new_study)
+
     s = sub.add_parser("rank-layers", help="offline layer ranking by reweighted gradient norm")
     s.add_argument("--spec", required=True, help="ranking spec: JSON text or @path")
     s.add_argument("--out", required=True, help="ranking JSON to write")
@@ -385,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("aggregate", help="a study's tables from its result files")
     _add_config_args(s)
     s.add_argument("--study", required=True)
-    s.add_argument("--claims", default=None, help="claims YAML (default config/claims/<study>.yaml)")
+    s.add_argument("--claims", default=None,
+                   help="claims YAML (default bench/studies/<study>/claims.yaml)")
     s.add_argument("--out-dir", required=True)
     s.set_defaults(func=cmd_aggregate)
 

@@ -27,7 +27,6 @@ from bench.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema" / "config.schema.yaml"
-CLAIMS_DIR = ROOT / "config" / "claims"
 
 # Defaults of the study-level blocks; a study's config overrides them key by key.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -475,5 +474,8 @@ def tracking_uri(cfg: dict, environ: dict[str, str] | None = None) -> str:
     return "sqlite:///" + str((Path(cfg["results"]) / "mlflow.db").resolve())
 
 
-def claims_path(study: str) -> Path:
-    return CLAIMS_DIR / f"{study}.yaml"
+def claims_path(study: str) -> Path | None:
+    """The study's claims file (`bench/studies/<study>/claims.yaml`), or None without one."""
+    from bench import studies
+
+    return studies.claims_file(study)

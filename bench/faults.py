@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -589,12 +589,17 @@ def _oom(work: Path) -> Outcome:
                     lost, dup, problems)
 
 
-@fault("budget_too_small", "a NeuroFlux cell under a 1 MiB budget, below what its first "
-       "unit needs at the smallest batch",
+@fault("budget_too_small", "a cell of a method that sizes its batch to the budget, under "
+       "1 MiB: below what its first unit needs at the smallest batch",
        "the cell fails with a message naming the unit and the budget; no result.json")
 def _budget(work: Path) -> Outcome:
-    study = {"methods": ["neuroflux"], "reference": "neuroflux", "budgets": ["1MiB"],
-             "method_options": {"neuroflux": {"profile_batches": [8, 16, 32]}}}
+    from bench.methods import METHODS
+
+    name = next(m for m in METHODS if METHODS.get(m).sizes_to_budget)
+    options = (METHODS.get(name).test_study.get("method_options") or {}).get(name, {})
+    study = {"methods": [name], "reference": name, "budgets": ["1MiB"],
+             "method_options": {name: {"profile_batches": options.get("profile_batches",
+                                                                      [8, 16, 32])}}}
     cfg = tiny_config(work, study)
     (cell, path, out), = cell_files(cfg, work)
     code, log = finish(start_cell(path, out, None, work))

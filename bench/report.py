@@ -48,6 +48,7 @@ TABLE_NAMES = (
     "memory_summary",
     "claims",
     "paper_checks",
+    "mechanism_checks",
 )
 CELL_KEYS = ["method", "model", "dataset", "budget", "seed"]
 GROUP_KEYS = ["model", "dataset", "budget"]
@@ -232,6 +233,7 @@ class StudyTables:
     memory_summary: pd.DataFrame
     claims: pd.DataFrame
     paper_checks: pd.DataFrame
+    mechanism_checks: pd.DataFrame
     missing: list[str]  # names of the tables that were not found
     methods: list[str]  # reference first, then in order of appearance
     colors: dict[str, str]  # method -> colour, the same in every figure of the report

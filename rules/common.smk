@@ -113,7 +113,7 @@ def study_results(wildcards):
 
 def study_claims(wildcards):
     path = claims_path(wildcards.study)
-    return [str(path)] if path.exists() else []
+    return [str(path)] if path is not None else []
 
 
 # Resources. Snakemake's local scheduler counts them against `--resources`; the slurm executor

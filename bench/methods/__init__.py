@@ -1,13 +1,15 @@
-"""The method registry: one file per method, one entry per file."""
+"""The method registry: one file per method, one entry per file.
+
+Methods any study may use live here (`sgd`); a paper's own methods live in its study package
+(`bench/studies/<study>/`) and register when `bench.studies.load()` imports it, at the end of
+this module, so that `METHODS` always lists every method of every study.
+"""
 
 from bench.registry import Registry
 
 METHODS: Registry = Registry("method")
 
-# Each import registers one method; list every method module here.
-from bench.methods import restwake_improved, restwake_original, sgd  # noqa: E402,F401
-from bench.methods import (  # noqa: E402,F401
-    d_det_rgn, d_full_random, full_ft, last_layer, s_det_rgn, s_full_random, tradyn,
-)
-from bench.methods import dense, topk_s1, topk_s2, topk_sawtooth  # noqa: E402,F401
-from bench.methods import backprop, neuroflux  # noqa: E402,F401
+from bench import studies  # noqa: E402
+from bench.methods import sgd  # noqa: E402,F401
+
+studies.load()

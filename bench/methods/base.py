@@ -34,6 +34,9 @@ class Method:
     needs_grad_norms: ClassVar[bool] = False
     # The method reads the study's offline layer ranking (cfg["inputs"]["ranking"]).
     needs_ranking: ClassVar[bool] = False
+    # The method sizes its batch to a memory budget given in bytes (e.g. "512MiB") and stops
+    # with a BudgetError naming what does not fit when nothing does (the fault suite uses it).
+    sizes_to_budget: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = self.resolve_options(options)

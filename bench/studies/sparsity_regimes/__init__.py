@@ -1,0 +1,9 @@
+"""Study `sparsity_regimes`: joint training across activation-sparsity regimes (seed 002).
+See README.md in this folder."""
+
+from bench.studies.sparsity_regimes import (  # noqa: F401  (each import registers a method)
+    dense,
+    topk_s1,
+    topk_s2,
+    topk_sawtooth,
+)

@@ -1,0 +1,35 @@
+"""`topk_s2`: top-k activation training, Strategy 2 (seed 002): accuracy-targeted compression
+with patience (`bench.studies.sparsity_regimes.controllers.AccuracyTargetedController`): compress while the epoch's train
+accuracy stays >= the last dense epoch's - acc_margin; on a violation hold r for `patience`
+epochs, then reset to 1 if still violated; reset also when r_min is reached.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.methods import METHODS
+from bench.studies.sparsity_regimes.base import (
+    COMMON_DEFAULTS,
+    COMPRESSION_DEFAULTS,
+    SparsityMethod,
+)
+from bench.studies.sparsity_regimes.controllers import (
+    AccuracyTargetedController,
+    KeepRatioController,
+)
+
+
+@METHODS.register("topk_s2")
+class TopKS2(SparsityMethod):
+    name = "topk_s2"
+    description = "top-k activations, S2: accuracy-targeted compression with patience"
+    defaults: dict[str, Any] = {**COMMON_DEFAULTS, **COMPRESSION_DEFAULTS,
+                                "acc_margin": 0.02,  # accuracy fraction (2 points) [ours]
+                                "patience": 3}  # [ours]
+    test_study: dict[str, Any] = {"epochs": 3}
+
+    @classmethod
+    def make_controller(cls, options: dict[str, Any]) -> KeepRatioController:
+        return AccuracyTargetedController(options["r_min"], options["beta"],
+                                          options["acc_margin"], options["patience"])

@@ -1,0 +1,22 @@
+"""`d_det_rgn` (D-Det-RGN, study `tradyn`): every epoch, channel RGN from a full gradient
+(`rgn_batches` non-augmented training batches, no optimizer step, BatchNorm statistics and RNG
+untouched), then channels by descending RGN while they fit the budget (stop at the first
+overflow). See `bench.studies.tradyn.base` for the RGN pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.methods import METHODS
+from bench.studies.tradyn.base import TraDyBase
+from bench.studies.tradyn.d_full_random import TEST_BUDGET
+
+
+@METHODS.register("d_det_rgn")
+class DDetRGN(TraDyBase):
+    name = "d_det_rgn"
+    description = "dynamic top channels by reweighted gradient norm, within a memory budget"
+    rule = "rgn"
+    dynamic = True
+    defaults: dict[str, Any] = {**TraDyBase.defaults, "rgn_batches": 4}
+    test_study: dict[str, Any] = {"budgets": [TEST_BUDGET]}
