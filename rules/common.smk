@@ -1,4 +1,5 @@
 # Config -> cell table, path helpers. All logic lives in bench.config; this file only binds it.
+import functools
 import hashlib
 import json
 import os
@@ -8,6 +9,7 @@ from snakemake.utils import validate
 
 from bench.config import (
     Cell,
+    CellResolver,
     canonical_json,
     cell_dir,
     check_config,
@@ -16,7 +18,6 @@ from bench.config import (
     plan,
     pretrain_spec,
     ranking_spec,
-    resolve_cell,
     tracking_uri,
 )
 from bench.errors import ConfigError
@@ -30,6 +31,9 @@ except ConfigError as e:
 
 RESULTS = CONFIG["results"]
 CELLS = plan(CONFIG)
+# Resolves each cell once, from parts shared per study, method, model and dataset (a
+# 10,000-cell plan in seconds: benchmarks/plan_scale.py).
+RESOLVER = CellResolver(CONFIG)
 STUDIES = list(CONFIG["studies"])
 CONFIG_JSON = json.dumps(CONFIG, sort_keys=True)
 
@@ -63,8 +67,14 @@ def prepared_data(wildcards):
     """The manifest a cell's data check writes. Its name carries a hash of the study's data
     options: a changed option is a new file (and reruns exactly the cells that use it), while
     a changed learning rate reloads nothing."""
-    digest = hashlib.sha256(dataset_spec_json(wildcards).encode()).hexdigest()[:10]
-    return f"{RESULTS}/.prepared/{wildcards.study}/{wildcards.dataset}-{digest}.json"
+    return _prepared_path(wildcards.study, wildcards.dataset)
+
+
+@functools.cache  # once per (study, dataset), not once per cell
+def _prepared_path(study, dataset):
+    spec = canonical_json(dataset_spec(CONFIG, dataset, study))
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
+    return f"{RESULTS}/.prepared/{study}/{dataset}-{digest}.json"
 
 
 def dataset_spec_json(wildcards):
@@ -74,7 +84,7 @@ def dataset_spec_json(wildcards):
 def cell_inputs(wildcards):
     """The files a cell reads: its data check, and the pretrained checkpoint and layer ranking
     its resolved config names (made by rules/pretrain.smk, or given by the user)."""
-    cfg = resolve_cell(CONFIG, cell_of(wildcards))
+    cfg = RESOLVER.resolve(cell_of(wildcards))
     return [prepared_data(wildcards), *cfg["inputs"].values()]
 
 
@@ -96,7 +106,7 @@ def cell_of(wildcards):
 
 def cell_config_json(wildcards):
     """The resolved cell config: a params value, so a changed setting reruns the cell."""
-    return json.dumps(resolve_cell(CONFIG, cell_of(wildcards)), sort_keys=True)
+    return RESOLVER.json(cell_of(wildcards))
 
 
 def study_config_json(wildcards):
@@ -105,10 +115,14 @@ def study_config_json(wildcards):
                       sort_keys=True)
 
 
+@functools.cache
+def _results_of(study):
+    return [f"{RESULTS}/{c.study}/cells/{c.method}/{c.model}/{c.dataset}/{c.budget}/s{c.seed}"
+            "/result.json" for c in CELLS if c.study == study]  # cell_dir, as strings
+
+
 def study_results(wildcards):
-    return [
-        str(cell_dir(RESULTS, c) / "result.json") for c in CELLS if c.study == wildcards.study
-    ]
+    return list(_results_of(wildcards.study))
 
 
 def study_claims(wildcards):
