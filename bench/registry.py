@@ -26,9 +26,14 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
+    """Names -> objects. An entry is registered by its module (`@REG.register(name)`) or
+    declared lazily (`REG.lazy(name, "module:attr")`): its module is imported on first `get`,
+    so listing names never imports an optional library (timm's lazy entry points)."""
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}  # name -> "module:attr", until first used
 
     @classmethod
     def of(cls, kind: str, entries: Mapping[str, T]) -> Registry[T]:
@@ -43,12 +48,29 @@ class Registry(Generic[T]):
         def add(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
+            target = self._lazy.pop(name, None)
+            where = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', '?')}"
+            if target is not None and target != where:
+                raise ValueError(f"{self.kind} '{name}' is declared as {target} but registered "
+                                 f"by {where}")
             self._entries[name] = obj
             return obj
 
         return add
 
+    def lazy(self, name: str, target: str) -> None:
+        """Declare entry `name` as `target` ("module:attr"), imported on first `get`."""
+        if name in self._entries or name in self._lazy:
+            raise ValueError(f"{self.kind} '{name}' is registered twice")
+        self._lazy[name] = target
+
     def get(self, name: str) -> T:
+        if name not in self._entries and name in self._lazy:
+            module, _, attr = self._lazy[name].partition(":")
+            obj = getattr(importlib.import_module(module), attr)  # registers, if decorated
+            if name not in self._entries:
+                self._lazy.pop(name, None)
+                self._entries[name] = obj
         try:
             return self._entries[name]
         except KeyError:
@@ -60,16 +82,16 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} '{name}'.{hint} Valid {self.kind}s: {', '.join(self.names())}"
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted({*self._entries, *self._lazy})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())
 
 
 # ----------------------------------------------------------------------------- the index

@@ -330,14 +330,18 @@ def provenance(device: torch.device, threads: int) -> dict[str, Any]:
 
     sha = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    import torchvision
+    try:  # a bare GPU box (benchmarks/gpu_check.py) may lack torchvision
+        import torchvision
 
+        vision = torchvision.__version__
+    except ImportError:
+        vision = None
     cuda = device.type == "cuda"
     return {
         "git_sha": sha,
         "git_dirty": bool(dirty) if dirty is not None else None,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": vision,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "device": str(device),
