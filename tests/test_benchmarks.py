@@ -128,7 +128,8 @@ def test_validate_imports_no_torch_once_the_index_is_warm(tmp_path):
     probe = ("import sys; from bench.cli import main; rc = main(['validate']); "
              "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
     runs = [subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600) for _ in range(2)]
+                           capture_output=True, text=True, timeout=600, check=False)
+            for _ in range(2)]
     for r in runs:
         assert r.returncode == 0, r.stderr
         assert "configuration is valid" in r.stdout
@@ -179,3 +180,57 @@ def test_an_unknown_precision_is_refused_before_any_job(tmp_path):
 
     with pytest.raises(ConfigError, match="precision"):
         tiny_config(tmp_path, train={"batch_size": 32, "precision": "fp16"})
+
+
+# ----------------------------------------------------------------------------- the GPU check
+
+
+def test_the_gpu_check_runs_on_cpu_with_smoke_sizes(tmp_path):
+    """Every section at tiny sizes: two numerics of a model, NeuroFlux's profile and blocks,
+    2 and 4 cells sharing a (simulated) device through bench.slots, the paper projection."""
+    out = tmp_path / "gc"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
+                           "--out-dir", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=1800, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert doc["smoke"] and doc["errors"] == {}
+    assert not any(doc["imported"][m] for m in ("snakemake", "mlflow", "pandas", "sklearn"))
+    fp32, fast = doc["models"]
+    assert (fp32["precision"], fast["precision"], fast["channels_last"]) == ("fp32", "bf16", True)
+    for row in (fp32, fast):
+        assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
+        assert row["modelled_peak_mib"] > 0 and row["epoch_s"] > 0
+        assert row["peak_alloc_mib"] is None  # CPU: no accelerator peak
+    nf = doc["neuroflux"]
+    assert nf["status"] == "ok" and nf["profile"]["units"] and nf["blocks"]
+    assert all(u["a_mib_per_sample"] > 0 for u in nf["profile"]["units"])
+    assert [s["cells"] for s in doc["sharing"]] == [2, 4]
+    for s in doc["sharing"]:
+        assert len(s["per_cell"]) == s["cells"] and s["total_images_per_s"] > 0, s
+        assert sorted(s["slots"]) == [f"0:{i}" for i in range(s["cells"])]
+    paper = doc["paper"]["studies"]
+    first = fp32["study"]
+    assert paper[first]["gpu_hours"] > 0 and paper[first]["cells"] > 0
+    md = (out / "gpu_check.md").read_text()
+    for heading in ("| study | model |", "| unit | a MiB/sample", "| block | units |",
+                    "| cells sharing one GPU |", "| config/paper.yaml study |"):
+        assert heading in md
+
+
+def test_every_lazy_dataset_entry_imports_its_module_and_registers_under_its_name():
+    from bench.data import DATASETS
+    from bench.registry import Registry
+
+    for name in DATASETS.names():
+        assert callable(DATASETS.get(name))
+        assert name in DATASETS._entries and name not in DATASETS._lazy
+    reg = Registry("thing")
+    reg.lazy("a", "json:dumps")
+    assert "a" in reg and reg.names() == ["a"]
+    assert reg.get("a") is json.dumps
+    with pytest.raises(ValueError, match="twice"):
+        reg.lazy("a", "json:loads")
+    reg.lazy("b", "json:loads")
+    with pytest.raises(ValueError, match="declared as json:loads"):
+        reg.register("b")(json.dumps)
