@@ -176,9 +176,12 @@ class Catalog:
         return not self._live
 
     def methods(self) -> Registry[Any]:
+        """The method registry; from the index, each entry is an `IndexedClass` that holds the
+        class's data attributes (flags, defaults, declared metrics, ...)."""
         if self._live:
             return _live()[0]
-        return Registry.of("method", self._index["methods"])
+        return Registry.of("method", {name: IndexedClass(name, attrs) for name, attrs
+                                      in self._index["methods"].items()})
 
     def models(self) -> Registry[Any]:
         if self._live:
@@ -196,7 +199,7 @@ class Catalog:
         meta = self._index["methods"].get(impl)
         if meta is None:
             raise ConfigError(self.methods().unknown_message(impl))
-        return bool(meta[flag])
+        return bool(meta.get(flag, False))
 
     def resolve_method_options(self, impl: str, options: dict[str, Any]) -> dict[str, Any]:
         """`METHODS.get(impl).resolve_options(options)`, answered from the index when it can."""
@@ -247,17 +250,49 @@ class Catalog:
         return doc
 
     def _build_index(self) -> None:
-        """Import the registries (torch) and record their names and method flags."""
+        """Import the registries (torch) and record their names and each method class's data
+        attributes."""
         methods, models, datasets = _live()
         self._index = {
             "fingerprint": self._fingerprint,
-            "methods": {name: {flag: bool(getattr(methods.get(name), flag, False))
-                               for flag in METHOD_FLAGS} for name in methods.names()},
+            "methods": {name: class_data(methods.get(name)) for name in methods.names()},
             "models": models.names(),
             "datasets": datasets.names(),
             "options": {},
         }
         self._dirty = True
+
+
+def class_data(cls: type) -> dict[str, Any]:
+    """Every public class attribute of `cls` that is plain data (what JSON holds: flags,
+    defaults, names, declared metrics), as it reads back from JSON."""
+    out: dict[str, Any] = {}
+    for name in dir(cls):
+        if name.startswith("_"):
+            continue
+        value = getattr(cls, name, None)
+        if callable(value) or isinstance(value, (property, classmethod, staticmethod)):
+            continue
+        try:
+            out[name] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            continue  # not plain data
+    return out
+
+
+class IndexedClass:
+    """A registered class as the index knows it: its data attributes (`class_data`). Asking
+    for anything else (a method, an attribute that is not plain data) is an error that says
+    so, rather than a silent default."""
+
+    def __init__(self, name: str, attrs: dict[str, Any]) -> None:
+        self.__dict__.update(attrs)
+        self._indexed_name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        raise AttributeError(f"the registry index holds only the data attributes of "
+                             f"'{self._indexed_name}', not '{attr}'; use the live registry "
+                             f"(bench.methods.METHODS) for it")
 
 
 _CATALOG: Catalog | None = None

@@ -69,6 +69,11 @@ def test_the_index_answers_as_the_registries_do(index_mode):
         cls = live_methods.get(name)
         for flag in registry.METHOD_FLAGS:
             assert cat.method_flag(name, flag) == bool(getattr(cls, flag))
+        indexed = cat.methods().get(name)
+        assert indexed.defaults == json.loads(json.dumps(cls.defaults))
+        assert indexed.owns_loop == cls.owns_loop and indexed.name == cls.name
+        with pytest.raises(AttributeError, match="data attributes"):
+            indexed.resolve_options  # noqa: B018 - a method is not data: no silent default
         opts = (cls.test_study.get("method_options") or {}).get(name, {})
         assert json.dumps(cat.resolve_method_options(name, opts), sort_keys=True) == json.dumps(
             cls.resolve_options(opts), sort_keys=True)
