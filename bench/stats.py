@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -223,7 +224,9 @@ def holm(pvalues: Sequence[Any]) -> list[float]:
     p = np.asarray([to_float(x) for x in pvalues], dtype=float)
     out = np.full(p.shape, NAN)
     ok = ~np.isnan(p)
-    if ok.any():
+    if ok.sum() == 1:  # a family of one is its own adjustment (and multipletests runs gc)
+        out[ok] = np.minimum(p[ok], 1.0)
+    elif ok.any():
         out[ok] = multipletests(p[ok], method="holm")[1]
     return [float(x) for x in out]
 
@@ -266,7 +269,9 @@ def greater_p(x: Any, threshold: float, versus: Any = None) -> np.ndarray:
     """One-sided p that mean(x - versus) > threshold: scipy ``ttest_rel`` (paired, alternative
     'greater', on x - threshold vs versus) or ``ttest_1samp`` (versus None)."""
     x = np.asarray(x, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # spreadless samples warn about precision loss; bench.claims decides those exactly
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         if versus is None:
             res = sps.ttest_1samp(x, threshold, axis=0, alternative="greater")
         else:

@@ -209,6 +209,7 @@ def test_decimals():
 
 def test_t_interval_by_hand_and_per_column():
     mean, sd, lo, hi = stats.t_interval([1.0, 2.0, 3.0], 0.95)
+    assert mean - lo == pytest.approx(hi - mean)
     assert (mean, sd) == (2.0, 1.0)
     assert hi - mean == pytest.approx(T975[2] / math.sqrt(3))
     cols = stats.t_interval([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]], 0.95)
