@@ -630,3 +630,24 @@ def test_speedup_vs_reference_pairs_cells_by_group_and_seed():
     out = add_speedup_vs_reference(cells, "backprop")["speedup_vs_reference"].tolist()
     assert out[0] == 1.0 and out[1] == 3.0
     assert math.isnan(out[2]) and math.isnan(out[3])
+
+
+def test_study_config_comparisons_and_endpoints_reach_the_tables(tmp_path):
+    root = tmp_path / "results"
+    paths = [write_result(root, r) for r in restwake_results()]
+    claims_path = tmp_path / "claims.yaml"
+    claims_path.write_text(yaml.safe_dump(RW_CLAIMS, sort_keys=False))
+    study_cfg = {"methods": list(RW_VAL_ACC), "primary_endpoints": ["val_loss"],
+                 "comparisons": [["restwake_original", "restwake_improved"]]}  # fmt: skip
+    written = agg.aggregate_study(paths, "sgd", ["val_acc", "val_loss"], claims_path,
+                                  root / "tables", study_cfg=study_cfg)
+    p = pd.read_csv(written["paired_tests"])
+    declared = p[(p["method"] == "restwake_original") & (p["versus"] == "restwake_improved")]
+    assert declared["metric"].tolist() == ["val_acc", "val_loss"]
+    assert declared["status"].iloc[0] == "tested"
+    assert set(p[p["metric"] == "val_acc"]["endpoint"]) == {"secondary"}
+    assert p[p["metric"] == "val_acc"]["p_holm"].isna().all()
+    c = pd.read_csv(written["claims"])
+    assert c.loc[c["claim_id"] == "missing_method", "verdict"].item() == (
+        "not testable (method nonexistent not in this run)"
+    )

@@ -458,3 +458,18 @@ def test_old_claim_format_is_rejected_with_the_fix(tmp_path):
     path.write_text(yaml.safe_dump(old))
     with pytest.raises(ConfigError, match="no default tolerance"):
         cl.load_claims(path)
+
+
+def test_study_config_declares_comparisons_and_primary_endpoints(tmp_path, capsys):
+    from bench.cli import main
+
+    cfg = load_config([ROOT / "config" / "config.yaml"])
+    cfg["studies"]["tradyn"]["comparisons"] = [["tradyn", "s_det_rgn"]]
+    cfg["studies"]["tradyn"]["primary_endpoints"] = ["val_acc"]
+    assert check_config(cfg)["studies"]["tradyn"]["comparisons"] == [["tradyn", "s_det_rgn"]]
+    cfg["studies"]["tradyn"]["comparisons"] = [["tradyn", "s_dte_rgn"]]
+    with pytest.raises(ConfigError, match="comparisons: 's_dte_rgn' is not one of the study's"):
+        check_config(cfg)
+    assert main(["validate"]) == 0
+    out = capsys.readouterr().out
+    assert "sparsity_regimes: 5 claims valid (3 paper value, 2 thesis superiority)" in out
