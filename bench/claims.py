@@ -853,11 +853,12 @@ def _seeds_needed(c: Mapping, row: dict, d: Decision, alpha_superiority: float) 
 
 def _reason(c: Mapping, row: dict, d: Decision, code: int) -> str:
     low, high = row["_band"]
-    band = (f"above the margin {_fmt(low)}" if c["kind"] == "superiority"
-            else f"the band [{_fmt(low)}, {_fmt(high)}]")
+    superiority = c["kind"] == "superiority"
+    band = f"the margin {_fmt(low)}" if superiority else f"the band [{_fmt(low)}, {_fmt(high)}]"
     if bool(d.exact[()]):
-        text = (f"every seed gives {_fmt(row['estimate'])} (no spread), "
-                + ("inside " if code == 0 else "outside ") + band)
+        where = (("above " if code == 0 else "not above ") if superiority
+                 else ("inside " if code == 0 else "outside "))
+        text = f"every seed gives {_fmt(row['estimate'])} (no spread), {where}{band}"
     elif code == 0 and c["kind"] == "superiority":
         text = f"mean gain {_fmt(row['estimate'])} > {_fmt(low)}: one-sided p = {_fmt(row['p'])}"
         if math.isfinite(row["p_holm"]):
