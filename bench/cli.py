@@ -80,7 +80,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"{', '.join(s['models'])}; datasets {', '.join(s['datasets'])}; budgets "
               f"{', '.join(budgets)}; {len(seed_indices(s))} seeds; {s['epochs']} epochs; "
               f"reference {s['reference']}")
+    _print_claims(cfg)
     return 0
+
+
+def _print_claims(cfg: dict[str, Any]) -> None:
+    """Each study's claims file, already checked against the study by check_config."""
+    from bench.claims import load_claims
+    from bench.config import claims_path
+
+    for study in cfg["studies"]:
+        doc = load_claims(claims_path(study))
+        if doc is None:
+            print(f"  {study}: no claims file ({claims_path(study)})")
+            continue
+        kinds = Counter(f"{c['scope']} {c['kind']}" for c in doc["claims"])
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        print(f"  {study}: {len(doc['claims'])} claims valid ({counts})")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -290,7 +306,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     s = cfg["studies"][args.study]
     out = aggregate_study(paths, s["reference"], list(s.get("metrics") or ["val_acc", "val_loss"]),
                           Path(args.claims) if args.claims else claims_path(args.study),
-                          Path(args.out_dir))
+                          Path(args.out_dir), study_cfg=s)
     print(f"{args.study}: {len(paths)} cells -> {', '.join(sorted(str(p) for p in out.values()))}",
           file=sys.stderr)
     return 0

@@ -250,6 +250,12 @@ def check_config(cfg: dict) -> dict:
                 if name not in members:
                     problems.append(f"{where}.{block}.{name}: '{name}' is not one of the "
                                     f"study's {axis} ({', '.join(members)})")
+        for pair in s.get("comparisons") or []:
+            for name in pair:
+                if name not in labels:
+                    problems.append(f"{where}.comparisons: '{name}' is not one of the study's "
+                                    f"methods ({', '.join(labels)})")
+        problems.extend(_claims_problems(study, s))
         budgets = [*(s.get("budgets") or []), *(b for bs in (s.get("method_budgets") or {}).values()
                                                 for b in bs)]
         for budget in {budget_label(b) for b in budgets}:
@@ -260,6 +266,15 @@ def check_config(cfg: dict) -> dict:
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return cfg
+
+
+def _claims_problems(study: str, study_cfg: dict) -> list[str]:
+    """The study's claims file checked against the study (bench.claims): format, margins, and
+    every method, metric and group a claim names. Runs with the config check, so a bad claim
+    stops the workflow before any job."""
+    from bench.claims import check_claims_file
+
+    return check_claims_file(claims_path(study), study, study_cfg)
 
 
 # ----------------------------------------------------------------------------- the plan
