@@ -70,6 +70,7 @@ SUPERSEDED_TAG = "superseded_by"  # on a run whose cell trained again from scrat
 RUN_KIND_TAG = "run_kind"  # "cell" (one per cell and config) or "study_summary"
 SECTIONS = ("memory", "compute", "timing")  # result sections logged as "<section>/<key>"
 DIGEST_HEX = 16  # characters of the dataset digest (MLflow's column holds 36)
+DATASET_RACE_TRIES = 4  # see Tracker.log_dataset
 
 
 class TrackingError(BenchError):
@@ -381,11 +382,24 @@ class Tracker:
     def log_dataset(self, run_id: str, dataset: Any, context: str = "training") -> None:
         """Name the run's dataset (an `mlflow.data` dataset, see `prepared_dataset`): the UI's
         Dataset column. Logging the same dataset again is a no-op in MLflow."""
+        import random
+
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        self.client.log_inputs(run_id, datasets=[DatasetInput(
-            dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(),
+                               tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        # The cells of a study start together and share a dataset: MLflow inserts it once per
+        # experiment (primary key experiment, name, digest), and the cells that lose that race
+        # get an integrity error. Trying again finds the row the winner wrote.
+        for attempt in range(DATASET_RACE_TRIES):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception:  # noqa: BLE001 - IntegrityError arrives wrapped by the store
+                if attempt == DATASET_RACE_TRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.1, 0.5))
 
     def log_result(self, run_id: str, result: dict[str, Any]) -> None:
         """Log what a finished result adds to its epochs (see `after_training_metrics`), so
@@ -613,6 +627,32 @@ def publish_report(uri: str, studies: dict[str, dict[str, Any]], report_dir: Pat
         tracker.client.set_terminated(run_id, "FINISHED")
         out[study] = run_id
     return out
+
+
+def publish_study_reports(cfg: dict[str, Any], report_dir: Path) -> dict[str, str]:
+    """`publish_report` for a checked config, for the report step to call after the report is
+    written: `bench.cli.cmd_report`, after `build_report(...)`:
+
+        from bench.tracking import publish_study_reports
+        publish_study_reports(cfg, Path(args.out_dir))
+
+    Does nothing with tracking off (config or MEMREPRO_TRACKING=off). The report is already
+    complete and the result files are the source of truth, so an unreachable store prints one
+    warning line and returns {} instead of failing the report (Snakemake would delete it).
+    """
+    from bench.config import tracking_uri
+
+    if not cfg["tracking"]["enabled"] or os.environ.get("MEMREPRO_TRACKING", "on") == "off":
+        return {}
+    results = Path(cfg["results"])
+    try:
+        return publish_report(tracking_uri(cfg), cfg["studies"], Path(report_dir),
+                              tables_dir=lambda study: results / study / "tables",
+                              artifact_root=results / "mlartifacts")
+    except Exception as e:  # noqa: BLE001 - TrackingError, MlflowException, OSError alike
+        _log(f"warning: the report is written, but its MLflow summary runs are not "
+             f"({brief_error(e)}); rerun the report step once the store answers")
+        return {}
 
 
 def _study_files(folder: Path, study: str, studies: list[str], suffix: str) -> list[Path]:

@@ -22,6 +22,7 @@ from bench.tracking import (
     data_digest,
     init_store,
     publish_report,
+    publish_study_reports,
 )
 
 
@@ -83,7 +84,7 @@ def test_an_experiment_made_by_an_older_harness_gets_the_kind_tag(tmp_path):
     assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
 
 
-def test_the_study_summary_run_holds_the_report_figures(tmp_path):
+def test_the_study_summary_run_holds_the_report_figures(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from bench.verify import verify_run
@@ -95,14 +96,18 @@ def test_the_study_summary_run_holds_the_report_figures(tmp_path):
     (report / "report.html").write_text("<html>report</html>")
     (report / "figures" / f"{study}_val_acc.png").write_bytes(b"png")
     (report / "figures" / f"{study}_x_val_acc.png").write_bytes(b"png")  # study `<study>_x`
-    tables = tmp_path / "tables"
-    tables.mkdir()
+    tables = Path(cfg["results"]) / study / "tables"
+    tables.mkdir(parents=True)
     (tables / "summary.csv").write_text("method,val_acc\nsgd,0.5\n")
     studies = {study: cfg["studies"][study], f"{study}_x": {"description": "another"}}
 
     first = publish_report(uri, studies, report, tables_dir=lambda s: tables)
-    again = publish_report(uri, studies, report, tables_dir=lambda s: tables)  # report rerun
-    assert first == again  # get-or-create: one summary run per study
+    # a report rerun, through what the report step calls
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MEMREPRO_TRACKING", raising=False)
+    both = {**cfg, "studies": studies, "tracking": {"enabled": True, "uri": uri}}
+    assert publish_study_reports(both, report) == first  # get-or-create: one run per study
+    assert publish_study_reports({**both, "tracking": {"enabled": False}}, report) == {}
 
     client = MlflowClient(uri)
     run = client.get_run(first[study])
@@ -120,3 +125,41 @@ def test_the_study_summary_run_holds_the_report_figures(tmp_path):
     # the summary run is not a cell: verify still sees one run per cell, equal to its result
     v = verify_run(cfg, tables=False, report=False, uri=uri)
     assert v.ok and v.runs == 1, v.summary()
+
+
+def test_cells_starting_together_all_name_their_shared_dataset(tmp_path):
+    """MLflow inserts a dataset once per experiment (primary key: experiment, name, digest);
+    cells that lose the race to insert it must still log their input."""
+    import threading
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.tracking import prepared_dataset
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init_store(uri, ["s"], tmp_path / "art")
+    splits = SimpleNamespace(
+        train_x=torch.zeros(4, 1, 2, 2, dtype=torch.uint8), train_y=torch.zeros(4).long(),
+        val_x=torch.ones(2, 1, 2, 2, dtype=torch.uint8), val_y=torch.ones(2).long(),
+        num_classes=2)
+    dataset = prepared_dataset("tiny", splits, tmp_path)
+    trackers = [Tracker(uri, tmp_path / "art") for _ in range(6)]
+    runs = [t.start_cell("s", f"s/m/x/tiny/none/s{i}", {}, {})[1] for i, t in enumerate(trackers)]
+    errors: list[BaseException] = []
+
+    def log(tracker: Tracker, run_id: str) -> None:
+        try:
+            tracker.log_dataset(run_id, dataset)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=log, args=pair) for pair in zip(trackers, runs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for run_id in runs:
+        (given,) = trackers[0].client.get_run(run_id).inputs.dataset_inputs
+        assert (given.dataset.name, given.dataset.digest) == ("tiny", data_digest(splits))
