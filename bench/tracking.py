@@ -396,7 +396,7 @@ class Tracker:
             try:
                 self.client.log_inputs(run_id, datasets=inputs)
                 return
-            except Exception:  # noqa: BLE001 - IntegrityError arrives wrapped by the store
+            except Exception:  # an IntegrityError arrives wrapped by the store
                 if attempt == DATASET_RACE_TRIES - 1:
                     raise
                 time.sleep(random.uniform(0.1, 0.5))

@@ -104,7 +104,8 @@ def verify_run(cfg: dict[str, Any], *, statuses: tuple[str, ...] = FINISHED_STAT
         found[cell.cell_id] = doc
         if doc.get("cell_id") != cell.cell_id:
             v.problems.append(f"{cell.cell_id}: result.json names cell {doc.get('cell_id')!r}")
-        expected = hashes[cell.cell_id] = config_hash(resolve_cell(cfg, cell))
+        resolved = resolve_cell(cfg, cell)
+        expected = hashes[cell.cell_id] = config_hash(resolved)
         if doc.get("config_hash") != expected:
             v.problems.append(f"{cell.cell_id}: result is for config {doc.get('config_hash')}, "
                               f"the config now hashes to {expected} (stale result)")
@@ -115,7 +116,7 @@ def verify_run(cfg: dict[str, Any], *, statuses: tuple[str, ...] = FINISHED_STAT
             v.problems.append(f"{cell.cell_id}: checkpoint.pt left beside a finished result")
         ran = doc.get("config") or {}
         for key in ("threads", "device"):
-            want = resolve_cell(cfg, cell)[key]
+            want = resolved[key]
             if key in ran and ran[key] != want:
                 v.problems.append(f"{cell.cell_id}: result was computed with {key} "
                                   f"{ran[key]!r}, the config now says {want!r} (stale result: "

@@ -172,6 +172,9 @@ def test_a_resume_under_other_threads_starts_over(tmp_path, monkeypatch):
     (out.parent / "checkpoint.pt").unlink()
     v = verify_run(cfg, tables=False, report=False, uri=uri)
     assert v.ok, v.summary()
+    # threads are not hashed, but a result computed with other settings is stale to verify
+    stale = verify_run({**cfg, "threads": 4}, tables=False, report=False, tracking=False)
+    assert "result was computed with threads 1, the config now says 4" in stale.summary()
 
 
 def test_final_values_are_the_latest_metrics_and_logged_after_the_epochs_where_they_differ(
