@@ -409,6 +409,42 @@ def _truncated_checkpoint(work: Path) -> Outcome:
                     f"{'yes' if detected else 'no'}; rerun exit {code}", lost, dup, problems)
 
 
+@fault("retrain_tracking", "retrain with tracking on: a finished cell trained again under the "
+       "same config hash, as `-R train` after a code change does (result deleted; the rerun "
+       "uses 2 threads, which changes CPU values as a code change would)",
+       "a new MLflow run; the old one tagged superseded_by it; the current run equals the new "
+       "result.json at every metric and step; one current run per cell")
+def _retrain_tracking(work: Path) -> Outcome:
+    cfg = tiny_config(work)
+    uri = store_uri(work)
+    (_, path, out), = cell_files(cfg, work)
+    code_a, _ = finish(start_cell(path, out, uri, work))
+    first = json.loads(out.read_text()) if out.exists() else {}
+    out.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "train", "--cell", f"@{path}", "--out", str(out),
+         "--threads", "2", "--tracking-uri", uri],
+        env=_env(MEMREPRO_ARTIFACT_ROOT=str(work / "artifacts")), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    code_b, _ = finish(proc)
+    second = json.loads(out.read_text()) if out.exists() else {}
+    old, new = ((d.get("mlflow") or {}).get("run_id") for d in (first, second))
+    from mlflow.tracking import MlflowClient
+
+    from bench.tracking import SUPERSEDED_TAG
+
+    tag = MlflowClient(uri).get_run(old).data.tags.get(SUPERSEDED_TAG) if old else None
+    changed = [e.get("val_loss") for e in first.get("history") or []] != [
+        e.get("val_loss") for e in second.get("history") or []]
+    lost, dup, problems = check(cfg, uri)
+    ok = code_a == 0 and code_b == 0 and old and new and old != new and tag == new
+    return _verdict(bool(ok), f"exit {code_a}, then {code_b}; new run: "
+                              f"{'yes' if new and new != old else 'no'}; old run tagged "
+                              f"{SUPERSEDED_TAG}: {'yes' if tag == new else 'no'}; values "
+                              f"changed by the retrain: {'yes' if changed else 'no'}",
+                    lost, dup, problems)
+
+
 def _unwritable_results(work: Path, how: str) -> Outcome:
     """Finish cell A, make the results file system full or read-only, run cell B (must fail
     clearly, writing nothing half-way, leaving A intact), restore, run B again (must finish)."""

@@ -32,11 +32,17 @@ from bench.data import DatasetSplits, DeviceLoader, load_dataset
 from bench.methods import METHODS
 from bench.methods.base import Method
 from bench.models import build_model
-from bench.tracking import TrackingError, brief_error
+from bench.tracking import TrackingError, brief_error, prepared_dataset, source_tags
 
 SCHEMA_VERSION = 1
 NAN_CHECK_EVERY = 50  # steps between divergence checks (each one syncs the device)
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines within an epoch
+# Where a cell ran, beyond its resolved config, shapes a CPU result: torch splits reductions by
+# thread count (one digits cell: val_acc 0.3167 with 1 thread, 0.3083 with 2) and another
+# device runs other kernels. Not hashed (the plan cannot know the device `auto` resolves to on
+# a node, nor the threads Snakemake grants under --cores): a checkpoint records them and a
+# resume under others starts the cell over (a new MLflow run; the old one is superseded).
+ENVIRONMENT_KEYS = ("threads", "device", "device_name")
 
 
 def log(msg: str) -> None:
@@ -351,8 +357,9 @@ def is_oom(err: BaseException) -> bool:
 class Checkpoint:
     """`checkpoint.pt` beside the result: written atomically at every epoch boundary."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, environment: dict[str, Any] | None = None) -> None:
         self.path = out_dir / "checkpoint.pt"
+        self.environment = environment  # ENVIRONMENT_KEYS of the session that saves
 
     def save(self, run: Run, tracking: dict[str, Any]) -> None:
         state = {
@@ -365,6 +372,7 @@ class Checkpoint:
             "timing": run.timing,
             "static": run.static,
             "tracking": tracking,
+            "environment": self.environment,
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "method": run.method.state_dict(),
@@ -481,9 +489,9 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         if tracker is None:
             return
         tags = {**{f"axis.{k}": str(v) for k, v in cell.axes().items()},
-                "config_hash": chash, "memrepro.version": "1"}
+                "config_hash": chash, "memrepro.version": "1", **source_tags(prov)}
         exp_id, run_id = tracker.call("start the cell's MLflow run", tracker.start_cell,
-                                      cfg["study"], cell.cell_id, tags, cfg)
+                                      cfg["study"], cell.cell_id, tags, cfg, resumed_run)
         if resumed_run and resumed_run != run_id:
             log(f"note: checkpoint named MLflow run {resumed_run}, the store has {run_id}")
         tracking.update(tracking_uri=tracker.uri, experiment_id=exp_id, run_id=run_id)
@@ -500,7 +508,8 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         log(f"skipped: {why}")
         return result
 
-    checkpoint = Checkpoint(out_dir)
+    environment = {k: prov[k] for k in ENVIRONMENT_KEYS}
+    checkpoint = Checkpoint(out_dir, environment)
     mirror: _EpochMirror | None = None
     run: Run | None = None
     resumed_from: int | None = None
@@ -509,12 +518,19 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         run = build_run(cfg, out_dir, device)
         run.method.setup(run)
         state = checkpoint.load(chash)
+        if state is not None and state.get("environment") != environment:
+            log(f"checkpoint {checkpoint.path} was written with {state.get('environment')}, "
+                f"this session runs with {environment}: starting the cell from scratch "
+                f"(threads and device change a CPU result)")
+            state = None
         if state is not None:
             checkpoint.restore(run, state)
             resumed_from = run.epoch
             log(f"resuming from the checkpoint after epoch {run.epoch} of {run.epochs}")
         start_tracking(state["tracking"]["run_id"] if state else None)
         if tracker is not None:
+            tracker.call("name the run's dataset", tracker.log_dataset, tracking["run_id"],
+                         prepared_dataset(cfg["dataset"], run.data, cfg["data_root"]))
             mirror = _EpochMirror(tracker, tracking["run_id"])
             if run.history:  # epochs a previous session may not have logged
                 mirror.catch_up(run.history)
@@ -660,6 +676,7 @@ def _publish(result: dict[str, Any], out_path: Path, tracker: Any | None,
         atomic_write_json(staged, result)
 
         def close_run() -> None:
+            tracker.log_result(tracking["run_id"], result)  # final values, as latest metrics
             tracker.client.log_dict(tracking["run_id"], cfg, "config.json")
             tracker.finish(tracking["run_id"], status, [staged])
 
