@@ -347,6 +347,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     prov["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     prov["command"] = args.command_line or " ".join(sys.argv)
     out = build_report(studies, Path(args.out_dir), prov, title=cfg["report"]["title"])
+    from bench.tracking import publish_study_reports
+
+    publish_study_reports(cfg, Path(args.out_dir))  # one summary run per study: figures, tables
     print("report: " + ", ".join(str(p) for p in out.values()), file=sys.stderr)
     return 0
 
