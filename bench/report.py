@@ -480,6 +480,12 @@ def html_cell(cell: Cell) -> str:
     return _render_cell(cell, latex=False)
 
 
+def html_breakable(text: Any) -> Markup:
+    """Escaped text with a break opportunity (<wbr>) after each `_` and `/` of a name: a long
+    method or claim name wraps at its parts, not mid-word (copying it gives the same text)."""
+    return Markup(re.sub(r"([_/])(?=\w)", r"\1<wbr>", str(Markup.escape(text))))
+
+
 def html_title(cell: Cell, column: Column | None = None) -> str:
     """The tooltip of an HTML cell: its `title`, else the full text of a cut or clipped cell."""
     if cell.title:
@@ -983,13 +989,11 @@ def claims_table(t: StudyTables) -> Table | None:
     if df.empty:
         return None
     cols = [
-        Column("claim", html="id"), Column("kind", latex=False),
-        Column("comparison", html="id", latex=False),
-        Column("metric", html="id"), Column("paper", "r"), Column("margin", "r"),
-        Column("estimate", "r", latex_label="est."), Column("90% CI", "r"),
-        Column("p", "r", latex_label="$p$"), Column("p (Holm)", "r", latex_label="$p$ (Holm)"),
-        Column("n", "r"), Column("seeds needed", "r", latex=False),
-        Column("verdict", html="trunc"),
+        Column("claim", html="id"), Column("comparison", html="id"), Column("paper", "r"),
+        Column("margin", "r"), Column("estimate", "r", latex_label="est."),
+        Column("90% CI", "r"), Column("p", "r", latex_label="$p$"),
+        Column("p (Holm)", "r", latex_label="$p$ (Holm)"), Column("n", "r"),
+        Column("seeds needed", "r", latex=False), Column("verdict", html="trunc"),
     ]  # fmt: skip
     groups = []
     for key, g in _groups(df):
@@ -1001,14 +1005,15 @@ def claims_table(t: StudyTables) -> Table | None:
             about = " — ".join(format_value(_get(r, k)) for k in ("description", "source")
                                if not _is_missing(_get(r, k)))
             rows.append([
-                Cell(_get(r, "claim_id"), title=about), Cell(kind), Cell(claim_comparison(r)),
-                Cell(_get(r, "metric")), Cell(paper_text(r)),
+                Cell(_get(r, "claim_id"), title=about, sub=kind),
+                Cell(claim_comparison(r), sub=format_value(_get(r, "metric"))),
+                Cell(paper_text(r)),
                 Cell(_get(r, "margin"), "num", title=format_value(_get(r, "margin_origin"))),
                 Cell(_get(r, "estimate"), "num"),
                 Cell((_get(r, "ci_low"), _get(r, "ci_high")), "ci", bounds=claim_bounds(r)),
                 Cell(_get(r, "p"), "p", title=format_value(_get(r, "test"))),
                 Cell(_get(r, "p_holm"), "p"), Cell(_get(r, "n"), "int"),
-                Cell(_get(r, "seeds_needed"), "num"),
+                _seeds_cell(r),
                 Cell(verdict, css=_verdict_css(verdict),
                      title=" — ".join(format_value(x) for x in (verdict, _get(r, "reason"))
                                       if not _is_missing(x))),
@@ -1023,8 +1028,9 @@ def claims_table(t: StudyTables) -> Table | None:
             "reproduced = its 90% CI inside the paper's value ± margin (TOST; superiority: "
             "one-sided paired test, Holm over the primary claims); contradicted = the 95% CI "
             "wholly outside; otherwise inconclusive, with the seeds a decision would need. "
-            "Hover a claim for its statement and source, a margin for its origin, a p for its "
-            "test, a verdict for its reason; all are in claims.csv."
+            "Under each claim its scope and kind, under each comparison its metric. Hover a "
+            "claim for its statement and source, a margin for its origin, a p for its test, a "
+            "verdict for its reason; all are in claims.csv."
         ),
         columns=cols,
         groups=groups,
@@ -1320,8 +1326,12 @@ def _per_epoch(m: pd.DataFrame, col: str) -> pd.DataFrame:
 
 def _method_legend(fig: MplFigure, t: StudyTables, methods: Iterable[str], extra=()) -> None:
     handles = [*(Line2D([], [], color=t.colors[m], lw=2, label=m) for m in methods), *extra]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
-               frameon=False)  # fmt: skip
+    # as many columns as fit the figure's width: a label of 8 pt is ~0.075 in a character,
+    # its line and gaps ~0.6 in (a long method name must not run off the figure)
+    widest = max((len(h.get_label()) for h in handles), default=1)
+    fit = int(fig.get_figwidth() // (0.075 * widest + 0.6))
+    fig.legend(handles=handles, loc="outside lower center",
+               ncols=max(1, min(len(handles), 4, fit)), frameon=False)
 
 
 def _epoch_axis(ax) -> None:
@@ -2052,6 +2062,7 @@ def html_environment(template_dir: Path | None = None) -> jinja2.Environment:
     )
     env.filters["cell"] = html_cell
     env.filters["cell_title"] = html_title
+    env.filters["wbr"] = html_breakable
     env.filters["num"] = format_number
     env.filters["p"] = format_p
     return env
@@ -2113,7 +2124,8 @@ def _tex_header(path: str, what: str, needs: str) -> str:
         f"% A standalone piece of the memrepro report: \\input{{{path}}} (report.tex does).\n"
         f"% Preamble packages it needs: {needs}\n"
         "% Tables are longtables (not in twocolumn mode) sized to \\linewidth; figures are\n"
-        "% figures/<name>.pdf relative to report.tex (from elsewhere: \\graphicspath{{<report dir>/}}).\n"
+        "% figures/<name>.pdf relative to report.tex\n"
+        "% (from another directory: \\graphicspath{{<report dir>/}}).\n"
         "% Text is UTF-8 (LaTeX's default input); report.tex also loads fontenc (T1) and lmodern.\n"
     )
 

@@ -310,6 +310,8 @@ class ReportParser(HTMLParser):
         self._row_is_group = False
         self._row_is_footer = False
         self._titles: list[str] = []
+        self._subs: list[str] = []
+        self._sub: list[str] | None = None  # inside a cell's second line (<span class="sub">)
         self.details: list[dict] = []  # {"id", "open", "summary"}
         self._summary: list[str] | None = None
 
@@ -326,7 +328,7 @@ class ReportParser(HTMLParser):
             self._summary = []
         if tag == "table":
             self._table = {"columns": [], "rows": [], "caption": "", "titles": [],
-                           "footers": []}
+                           "subs": [], "footers": []}
             self.tables[a.get("id", f"table{len(self.tables)}")] = self._table
             self._group = ""
         elif tag == "caption":
@@ -334,12 +336,19 @@ class ReportParser(HTMLParser):
         elif tag == "tr":
             self._row, self._row_is_group = [], "group" in (a.get("class") or "")
             self._row_is_footer = "footer" in (a.get("class") or "")
-            self._titles = []
+            self._titles, self._subs = [], []
         elif tag in ("td", "th"):
             self._cell = []
             self._titles.append(a.get("title") or "")
+            self._subs.append("")
+        elif tag == "span" and "sub" in (a.get("class") or "").split() and self._cell is not None:
+            self._sub = []
 
     def handle_endtag(self, tag):
+        if tag == "span" and self._sub is not None:
+            self._subs[-1] = " ".join("".join(self._sub).split())
+            self._sub = None
+            return
         if tag == "summary" and self._summary is not None:
             self.details[-1]["summary"] = " ".join("".join(self._summary).split())
             self._summary = None
@@ -358,6 +367,7 @@ class ReportParser(HTMLParser):
             else:
                 self._table["rows"].append((self._group, self._row))
                 self._table["titles"].append(dict(zip(self._table["columns"], self._titles)))
+                self._table["subs"].append(dict(zip(self._table["columns"], self._subs)))
             self._row = None
         elif tag == "table":
             self._table = None
@@ -365,7 +375,9 @@ class ReportParser(HTMLParser):
     def handle_data(self, data):
         if self._summary is not None:
             self._summary.append(data)
-        if self._cell is not None:
+        if self._sub is not None:
+            self._sub.append(data)
+        elif self._cell is not None:
             self._cell.append(data)
         elif self._in_caption and self._table is not None:
             self._table["caption"] += data
@@ -379,8 +391,11 @@ def parse_html(path: Path) -> ReportParser:
 
 
 def rows_as_dicts(table: dict) -> list[dict[str, str]]:
-    return [dict(zip(table["columns"], cells), _group=group, _titles=titles)
-            for (group, cells), titles in zip(table["rows"], table["titles"])]
+    """Each row as {column: text}, with `_group`, `_titles` and `_subs` (a cell's tooltip and
+    second line, by column)."""
+    return [dict(zip(table["columns"], cells), _group=group, _titles=titles, _subs=subs)
+            for (group, cells), titles, subs in zip(table["rows"], table["titles"],
+                                                    table["subs"])]
 
 
 def group_of(row: pd.Series) -> str:
@@ -394,8 +409,8 @@ def find_row(table: dict, **match: str) -> dict[str, str]:
 
 
 def claim_row(table: dict, claim_id: str) -> dict[str, str]:
-    """The scorecard row of a claim (its id is on the claim cell's second line)."""
-    found = [r for r in rows_as_dicts(table) if f"{claim_id} · " in r["claim"]]
+    """The scorecard row of a claim (its id opens the claim cell's second line)."""
+    found = [r for r in rows_as_dicts(table) if r["_subs"]["claim"].startswith(f"{claim_id} · ")]
     assert len(found) == 1, f"{len(found)} scorecard rows of claim {claim_id}"
     return found[0]
 
@@ -522,7 +537,10 @@ def test_html_claims_table_numbers_and_paper_checks(built):
     assert find_row(table, claim="acc_50ep")["paper"] == "0.83 ± 0.02"
     assert find_row(table, claim="mem_range")["paper"] == "[430, 490]"
     assert find_row(table, claim="beats_sgd")["paper"] == "> 0 (paper 0.0107)"
-    assert find_row(table, claim="gap_vs_sgd")["comparison"] == "restwake_original − sgd"
+    gap = find_row(table, claim="gap_vs_sgd")
+    assert gap["comparison"] == "restwake_original − sgd"
+    assert (gap["_subs"]["claim"], gap["_subs"]["comparison"]) == ("thesis difference", "val_acc")
+    assert find_row(table, claim="beats_sgd")["seeds needed"] == "12"
     assert find_row(table, claim="beats_sgd")["p (Holm)"] == format_p(0.22)
     checks = built["html"].tables[f"checks-{report.slug(STUDY)}"]
     row = find_row(checks, claim="p_value")
@@ -554,7 +572,7 @@ def test_scorecard_badges_statements_estimates_and_seeds(built):
         kind = report._verdict_kind(r["verdict"])
         assert row["verdict"] == kind  # the badge: the category, the full verdict on hover
         assert row["_titles"]["verdict"] == r["verdict"]
-        assert row["claim"].startswith(r["description"])
+        assert row["claim"] == r["description"]
         assert r["source"] in row["_titles"]["claim"]
     row = claim_row(table, "beats_sgd")
     assert row["seeds needed"] == "12"
@@ -569,10 +587,11 @@ def test_scorecard_badges_statements_estimates_and_seeds(built):
     assert "† interval clipped to the metric&#39;s range [0, 1]" in text
     # the withheld claim names its failed check; the not-testable claim is listed apart
     held = claim_row(table, "saves_activations")
-    assert held["verdict"] == "withheld" and "buffer_on_host" in held["claim"]
+    assert held["verdict"] == "withheld" and "buffer_on_host" in held["_subs"]["claim"]
     untestable = html.tables[f"untestable-{report.slug(STUDY)}"]
     (row,) = rows_as_dicts(untestable)
-    assert row["verdict"] == "not testable" and "no cells for dataset cifar10" in row["claim"]
+    assert row["verdict"] == "not testable" and row["claim"] == "CIFAR-10 accuracy"
+    assert "no cells for dataset cifar10" in row["_subs"]["claim"]
     summaries = {d["id"]: d for d in html.details}
     assert summaries[f"details-untestable-{report.slug(STUDY)}"]["summary"].startswith(
         "1 claim not testable in this run")
@@ -597,9 +616,11 @@ def test_forest_plot_is_drawn_first_in_the_scorecard(built):
     assert (figures / f"{STUDY}_forest.pdf").read_bytes().startswith(b"%PDF")
     assert (figures / f"{STUDY}_forest.png").is_file()
     text = built["paths"]["html"].read_text(encoding="utf-8")
-    scorecard = text.index(f'id="scorecard-study-{report.slug(STUDY)}"')
-    assert scorecard < text.index(f'id="fig-{report.slug(STUDY)}-forest"') < text.index(
-        f'id="scorecard-{report.slug(STUDY)}"') < text.index(f'id="fig-{report.slug(STUDY)}-val-acc"')
+    slug_ = report.slug(STUDY)
+    order = [text.index(f'id="{x}"') for x in (
+        f"scorecard-study-{slug_}", f"fig-{slug_}-forest", f"scorecard-{slug_}",
+        f"fig-{slug_}-val-acc")]
+    assert order == sorted(order)
 
 
 def test_tables_are_collapsed_with_a_summary_line_cells_last(built):
@@ -784,8 +805,9 @@ def test_tex_compiles_with_two_passes_fits_the_page_and_has_contents(built, tmp_
 def test_tex_pieces_compile_in_a_document_with_only_the_packages_they_name(built, tmp_path):
     _need_pdflatex()
     out = shutil.copytree(built["paths"]["tex"].parent, tmp_path / "out")
-    pieces = [f"tex/{report.slug(STUDY)}-scorecard.tex", f"tex/table-cells-{report.slug(STUDY)}.tex",
-              f"tex/fig-{report.slug(STUDY)}-val-acc.tex"]
+    slug_ = report.slug(STUDY)
+    pieces = [f"tex/{slug_}-scorecard.tex", f"tex/table-cells-{slug_}.tex",
+              f"tex/fig-{slug_}-val-acc.tex"]
     packages = set()
     for piece in pieces:
         head = (out / piece).read_text(encoding="utf-8").split("\n", 3)[2]
