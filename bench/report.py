@@ -989,7 +989,8 @@ def claims_table(t: StudyTables) -> Table | None:
     if df.empty:
         return None
     cols = [
-        Column("claim", html="id"), Column("comparison", html="id"), Column("paper", "r"),
+        Column("claim", html="id"), Column("comparison", html="id"),
+        Column("paper", "r", html="wrapnum"),
         Column("margin", "r"), Column("estimate", "r", latex_label="est."),
         Column("90% CI", "r"), Column("p", "r", latex_label="$p$"),
         Column("p (Holm)", "r", latex_label="$p$ (Holm)"), Column("n", "r"),
@@ -1665,11 +1666,12 @@ def _check_summaries(checks: pd.DataFrame, key: tuple, methods: Sequence[str]) -
 
 def _seeds_cell(r: Mapping[str, Any] | pd.Series) -> Cell:
     """The seeds a decisive verdict would need: seeds_needed, or the verdict's own words when
-    it has no number ('more than 10,000')."""
+    it has no number ('more than 10,000' is written '> 10,000')."""
     needed = _get(r, "seeds_needed")
     if _is_missing(needed) and _verdict_kind(_get(r, "verdict")) == "inconclusive":
         words = re.sub(r"\s*seeds? needed$", "", _verdict_detail(_get(r, "verdict")))
-        return Cell(words.removeprefix("about ") or None)
+        words = re.sub(r"^more than\s+", "> ", words.removeprefix("about "))
+        return Cell(words or None, title=format_value(_get(r, "verdict")))
     return Cell(needed, "num")
 
 
@@ -1715,7 +1717,8 @@ SCORECARD_CAPTION = (
 
 def _scorecard_columns() -> list[Column]:
     return [
-        Column("verdict"), Column("claim", html="clamp fill"), Column("paper", "r"),
+        Column("verdict"), Column("claim", html="clamp fill"),
+        Column("paper", "r", html="wrapnum"),
         Column("reproduced (90% CI)", "r"), Column("n", "r"), Column("seeds needed", "r"),
     ]  # fmt: skip
 

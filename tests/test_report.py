@@ -236,6 +236,13 @@ def write_study_tables(
              "paper_value": 0.98, "margin": 0.02, "estimate": 0.97, "ci_low": 0.93,
              "ci_high": 1.0123, "n": 3, "seeds_needed": 6,
              "verdict": "inconclusive (about 6 seeds needed)", "reason": "neither"},
+            {"claim_id": "sym_kl_small", "description": "symmetric KL divergence of 0.0006",
+             "source": "Table 2", "kind": "value", "scope": "thesis", "method": methods[1],
+             "metric": "sym_kl", "model": MODEL, "dataset": DATASET, "budget": budgets[0],
+             "paper_value": 0.0006, "margin": 0.0005171, "estimate": 0.0009,
+             "ci_low": -0.0102, "ci_high": 0.0113, "n": 3,
+             "verdict": "inconclusive (more than 10,000 seeds needed)",
+             "reason": "90% CI [-0.0102, 0.0113] vs the band [8.29e-05, 0.001117]: neither"},
             {"claim_id": "saves_activations", "description": "RestWake saves activation memory",
              "source": "Sec. 3", "kind": "difference", "scope": "thesis", "method": methods[1],
              "versus": REFERENCE, "metric": "activation_mib", "model": MODEL, "dataset": DATASET,
@@ -552,7 +559,7 @@ def test_overview_counts_every_verdict_per_paper(built):
     claims = read_csv(built["tables"], "claims")
     assert overview["claims"] == str(len(claims))
     counts = {v: sum(str(x).startswith(v) for x in claims["verdict"]) for v in report.VERDICTS}
-    assert counts == {"reproduced": 2, "contradicted": 1, "inconclusive": 2, "withheld": 1,
+    assert counts == {"reproduced": 2, "contradicted": 1, "inconclusive": 3, "withheld": 1,
                       "not testable": 1}
     for verdict, n in counts.items():
         assert overview[verdict] == str(n), verdict
@@ -579,6 +586,8 @@ def test_scorecard_badges_statements_estimates_and_seeds(built):
     assert row["reproduced (90% CI)"] == "0.03 [-0.01, 0.07]"
     gap = claim_row(table, "gap_vs_sgd")
     assert gap["paper"] == "0.03 ± 0.01" and gap["seeds needed"] == "—"
+    kl = claim_row(table, "sym_kl_small")  # no number of seeds: the verdict's words
+    assert kl["seeds needed"] == "> 10,000" and kl["paper"] == "0.0006 ± 0.0005171"
     # the accuracy CI that reaches past 1 is clipped, marked, and says so
     near = claim_row(table, "acc_near_one")
     assert near["reproduced (90% CI)"] == "0.97 [0.93, 1]†"
