@@ -2,11 +2,23 @@
 
 `build_report` reads the tables that aggregation wrote (`results/<study>/tables/*.csv`, see
 docs/contracts.md "Tables"), draws the figures with matplotlib, and renders
-`reports/report.html.j2` (one self-contained page: CSS inlined, figures as base64 PNG) and
-`reports/report.tex.j2` (booktabs tables, PDF figures under `figures/`).
+`reports/report.html.j2` (one self-contained page: CSS inlined, figures as base64 PNG, no
+script, a print stylesheet) and `reports/report.tex.j2` (booktabs longtables, PDF figures under
+`figures/`; every scorecard, table and figure also its own `\\input`-able file under `tex/`).
 
-Both outputs format numbers through the one function `format_number`, so a number in either
-report can be checked against its CSV. Studies extend the report without editing this file:
+Verdict first (DESIGN.md "The report"): the page opens on an overview (per paper, its claims by
+verdict, failed mechanism checks, cells), then per study a scorecard (`scorecard_table`: every
+claim and group with its verdict badge, statement, the paper's number, the reproduced estimate
+with its 90% CI and the seeds a decisive verdict would need, the mechanism checks of each group
+under its claims; `figure_forest` above it), then the study's figures, then its tables, each
+collapsed behind a one-line summary (`Table.one_line`), the cells table last. Studies without
+claims come last.
+
+Both outputs format numbers through the one function `format_number` (a zero spread prints 0,
+intervals of fractions are clipped to [0, 1] and marked †), so a number in either report can be
+checked against its CSV. HTML columns cut or wrap long text (`Column.html`) so that no table is
+wider than a 1280 px window; LaTeX columns are sized from their content to the text width
+(`latex_layout`). Studies extend the report without editing this file:
 `STUDY_FIGURES[study]` adds figures, `STUDY_TABLES[study]` adds tables, and a template
 `reports/partials/studies/<study>.{html,tex}.j2`, when present, is included after the generic
 section of that study.
