@@ -32,6 +32,7 @@ import math
 import os
 import re
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,11 +243,30 @@ _LATEX_SPECIALS = {
 _LATEX_RE = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIALS))
 
 
+_GREEK_CAPITALS = {"GAMMA", "DELTA", "THETA", "LAMDA", "XI", "PI", "SIGMA", "UPSILON", "PHI",
+                   "PSI", "OMEGA"}
+
+
+def _unicode_fallback(ch: str) -> str:
+    """A character pdflatex cannot set from utf8 input: a Greek letter as its math symbol,
+    anything else as its Unicode name in brackets (the document still compiles, and says what
+    was there)."""
+    name = unicodedata.name(ch, f"U+{ord(ch):04X}")
+    m = re.fullmatch(r"GREEK (SMALL|CAPITAL) LETTER (\w+)", name)
+    if m and (m.group(1) == "SMALL" or m.group(2) in _GREEK_CAPITALS):
+        letter = m.group(2).lower().replace("lamda", "lambda")
+        return f"$\\{letter.capitalize() if m.group(1) == 'CAPITAL' else letter}$"
+    return f"[{name.lower()}]"
+
+
 def latex_escape(text: Any) -> LatexSafe:
-    """Escape & % $ # _ { } ~ ^ \\ (and a few unicode symbols) for LaTeX text mode."""
+    """Escape & % $ # _ { } ~ ^ \\ (and a few unicode symbols) for LaTeX text mode; a character
+    beyond Latin-1 that pdflatex cannot set becomes a math symbol or its name
+    (`_unicode_fallback`)."""
     if isinstance(text, LatexSafe):
         return text
-    return LatexSafe(_LATEX_RE.sub(lambda m: _LATEX_SPECIALS[m.group(0)], str(text)))
+    out = _LATEX_RE.sub(lambda m: _LATEX_SPECIALS[m.group(0)], str(text))
+    return LatexSafe(re.sub(r"[^\x00-\xff]", lambda m: _unicode_fallback(m.group(0)), out))
 
 
 _BREAK = "\u200b"

@@ -478,6 +478,8 @@ def test_latex_escape_every_special_character():
         r"a\_b \& 5\% \$x\$ \#1 \{y\} \textasciitilde{} \textasciicircum{} \textbackslash{}"
     )
     assert latex_escape("±") == r"$\pm$"
+    # beyond Latin-1: a Greek letter as its symbol, anything else by name; Latin-1 stays
+    assert latex_escape("σ Σ é ☃") == r"$\sigma$ $\Sigma$ é [snowman]"
 
 
 # --------------------------------------------------------------------------------------------
