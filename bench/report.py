@@ -404,7 +404,9 @@ class Column:
 
     @property
     def latex_header(self) -> LatexSafe:
-        return LatexSafe(self.latex_label) if self.latex_label else latex_escape(self.label)
+        if self.latex_label:
+            return LatexSafe(self.latex_label)
+        return latex_escape(breakable(self.label))
 
 
 @dataclass
@@ -592,7 +594,7 @@ def latex_layout(t: Table) -> LatexLayout:
         m = _FIXED_SPEC.match(c.latex_spec or "")
         fixed.append(float(m.group(1)) * _UNIT_PT[m.group(2)] if m else None)
         texts = [_latex_plain(r[i]) for r in rows]
-        header_words = c.label.split() or [""]
+        header_words = breakable(c.label).replace(_BREAK, " ").split() or [""]
         longest = max([len(x) for x in texts] + [len(c.label)], default=1)
         words = [w for x in texts for w in breakable(x).replace(_BREAK, " ").split()]
         natural.append(min(longest, 60))
@@ -1811,11 +1813,14 @@ def untestable_table(t: StudyTables) -> Table | None:
     )
 
 
-def _forest_label(r: pd.Series, many_groups: bool) -> str:
+def _forest_label(r: pd.Series, varying: Sequence[str]) -> str:
+    """The claim id, and the parts of its group that differ between the rows of the plot."""
     label = format_value(_get(r, "claim_id"))
     if len(label) > 42:
         label = label[:41] + "…"
-    return f"{label}  [{claim_group(r)}]" if many_groups else label
+    if not varying:
+        return label
+    return f"{label}  [{' / '.join(format_value(_get(r, k)) for k in varying)}]"
 
 
 def figure_forest(t: StudyTables) -> Figure:
@@ -1831,7 +1836,7 @@ def figure_forest(t: StudyTables) -> Figure:
         why = ("no claims" if t.claims.empty else
                "no claim has an estimate in this run (every claim is not testable here)")
         return Figure("forest", title, note=f"not drawn: {why}")
-    many_groups = len({claim_group(r) for r in rows}) > 1
+    varying = [k for k in GROUP_KEYS if len({format_value(_get(r, k)) for r in rows}) > 1]
     panels: dict[tuple[str, bool], list[pd.Series]] = {}
     for r in rows:
         constant = str(_get(r, "versus") or "").startswith("constant")
@@ -1887,7 +1892,7 @@ def figure_forest(t: StudyTables) -> Figure:
             ax.axvline(0.0, color="0.35", lw=0.8, ls=":", zorder=0)
         ax.set_xlim(*xlim)
         ax.set_ylim(len(prs) - 0.5, -0.5)
-        ax.set_yticks(range(len(prs)), [_forest_label(r, many_groups) for r in prs])
+        ax.set_yticks(range(len(prs)), [_forest_label(r, varying) for r in prs])
         ax.tick_params(axis="y", length=0)
         ax.grid(axis="y", visible=False)
         ax.spines[["top", "right"]].set_visible(False)

@@ -813,6 +813,40 @@ def test_tex_compiles_with_two_passes_fits_the_page_and_has_contents(built, tmp_
     assert toc.count(r"\contentsline") >= 6
 
 
+def _wide_table(n_cols: int, rows: int = 3) -> report.Table:
+    cols = [report.Column(f"column_{i}_name", "r" if i % 2 else "l") for i in range(n_cols)]
+    body = [[report.Cell(f"restwake_original_{i}_{j}") if i % 2 == 0 else
+             report.Cell(0.00051712 * (j + 1), "num") for i in range(n_cols)] for j in range(rows)]
+    return report.Table("wide", "A wide table.", cols, [report.Group("model m · budget b", body)])
+
+
+def test_latex_columns_share_the_text_width_and_go_landscape_when_words_do_not_fit():
+    narrow, wide = _wide_table(4), _wide_table(10)
+    for t, landscape in ((narrow, False), (wide, True)):
+        layout = t.latex
+        assert layout.landscape is landscape
+        fractions = [float(x) for x in re.findall(r"\\dimexpr ([0-9.]+)\\linewidth", layout.spec)]
+        assert len(fractions) == len(t.columns) and sum(fractions) <= 1.0
+    # a fixed width is kept, the others share the rest
+    fixed = report.Table("f", "c", [report.Column("a", latex_spec="p{6cm}"), report.Column("b")],
+                         [report.Group("", [[report.Cell("x"), report.Cell("y " * 200)]])])
+    assert "p{\\dimexpr 0.3700" in fixed.latex.spec  # 6 cm (+ 2 tabcolsep) of 17 cm
+
+
+def test_a_landscape_table_compiles_without_an_overfull_box(tmp_path):
+    _need_pdflatex()
+    env = report.latex_environment()
+    body = str(env.get_template("partials/macros.tex.j2").module.table(_wide_table(10, rows=60)))
+    doc = tmp_path / "wide.tex"
+    doc.write_text("\\documentclass[10pt,a4paper]{article}\n\\usepackage[margin=2cm]{geometry}\n"
+                   "\\usepackage{booktabs,longtable,array,pdflscape}\n\\begin{document}\n"
+                   + body + "\\end{document}\n")
+    proc = _pdflatex(doc)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "\\begin{landscape}" in body
+    assert "Overfull \\hbox" not in doc.with_suffix(".log").read_text(errors="replace")
+
+
 def test_tex_pieces_compile_in_a_document_with_only_the_packages_they_name(built, tmp_path):
     _need_pdflatex()
     out = shutil.copytree(built["paths"]["tex"].parent, tmp_path / "out")
