@@ -514,10 +514,19 @@ def html_cell(cell: Cell) -> str:
     return _render_cell(cell, latex=False)
 
 
+WBR_MIN_CHARS = 24  # a shorter name fits its column whole (12em) and stays greppable as is
+
+
 def html_breakable(text: Any) -> Markup:
-    """Escaped text with a break opportunity (<wbr>) after each `_` and `/` of a name: a long
-    method or claim name wraps at its parts, not mid-word (copying it gives the same text)."""
-    return Markup(re.sub(r"([_/])(?=\w)", r"\1<wbr>", str(Markup.escape(text))))
+    """Escaped text in which a name longer than WBR_MIN_CHARS gets a break opportunity (<wbr>)
+    after each `_` and `/`: it wraps at its parts, not mid-word (the browser's copy and find
+    still see one word). Shorter names are left as they are."""
+
+    def mark(m: re.Match) -> str:
+        word = m.group(0)
+        return re.sub(r"([_/])(?=\w)", r"\1<wbr>", word) if len(word) > WBR_MIN_CHARS else word
+
+    return Markup(re.sub(r"\S+", mark, str(Markup.escape(text))))
 
 
 def html_title(cell: Cell, column: Column | None = None) -> str:
