@@ -239,6 +239,7 @@ _LATEX_SPECIALS = {
     "✓": r"$\surd$",
     "✗": r"$\times$",
     "\u200b": r"\allowbreak{}",  # a break opportunity (`breakable`)
+    "\u00a0": "~",  # a no-break space
 }
 _LATEX_RE = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIALS))
 
@@ -605,7 +606,8 @@ def latex_layout(t: Table) -> LatexLayout:
         texts = [_latex_plain(r[i]) for r in rows]
         header_words = breakable(c.label).replace(_BREAK, " ").split() or [""]
         longest = max([len(x) for x in texts] + [len(c.label)], default=1)
-        words = [w for x in texts for w in breakable(x).replace(_BREAK, " ").split()]
+        # words: what LaTeX cannot break (a no-break space joins, `breakable` splits)
+        words = [w for x in texts for w in re.split(r"[ \t\n]+", breakable(x).replace(_BREAK, " "))]
         natural.append(min(longest, 60))
         minimum.append(max([len(w) for w in words + header_words] + [3]))
     free = [i for i in range(len(cols)) if fixed[i] is None]
@@ -1002,24 +1004,27 @@ def claim_band(r: Mapping[str, Any] | pd.Series) -> tuple[float, float] | None:
     return band(kind, 0.0 if _is_missing(value) else float(value), margin)
 
 
+NBSP = "\u00a0"  # keeps '± 0.02' together: a narrow column wraps before the sign, not after
+
+
 def paper_text(r: Mapping[str, Any] | pd.Series, *, latex: bool = False) -> str:
     """The paper's side of a claim in a few characters: '0.83 ± 0.02', '[430, 490]',
-    '|Δ| ≤ 0.0025', '> 0 (paper 0.0107)'."""
+    '|Δ| ≤ 0.0025', '> 0 (paper 0.0107)' (a sign and its number joined by a no-break space)."""
     kind, margin = str(_get(r, "kind")), _get(r, "margin")
     value, low, high = _get(r, "paper_value"), _get(r, "paper_low"), _get(r, "paper_high")
 
     def n(x: Any) -> str:
         return format_number(x, latex=latex)
 
-    pm = "" if _is_missing(margin) or float(margin) == 0 else f" ± {n(margin)}"
+    pm = "" if _is_missing(margin) or float(margin) == 0 else f" ±{NBSP}{n(margin)}"
     if kind == "range":
         return f"[{n(low)}, {n(high)}]{pm}"
     if kind == "superiority":
-        gain = "" if _is_missing(value) else f" (paper {n(value)})"
-        return f"> {n(0.0 if _is_missing(margin) else margin)}{gain}"
+        gain = "" if _is_missing(value) else f" (paper{NBSP}{n(value)})"
+        return f">{NBSP}{n(0.0 if _is_missing(margin) else margin)}{gain}"
     if kind == "equivalence":
-        core = f"|Δ| ≤ {n(margin)}"
-        return core + ("" if _is_missing(value) else f" (paper {n(value)})")
+        core = f"|Δ|{NBSP}≤{NBSP}{n(margin)}"
+        return core + ("" if _is_missing(value) else f" (paper{NBSP}{n(value)})")
     if _is_missing(value):
         return MISSING_LATEX if latex else MISSING_HTML
     return f"{n(value)}{pm}"
