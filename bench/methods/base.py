@@ -34,6 +34,9 @@ class Method:
     needs_grad_norms: ClassVar[bool] = False
     # The method reads the study's offline layer ranking (cfg["inputs"]["ranking"]).
     needs_ranking: ClassVar[bool] = False
+    # Final metrics the method adds to result.json (`final_metrics`), as names or fnmatch
+    # patterns ("acc_at_r*"): a study may name them in `metrics`, a typo stops before any job.
+    metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = self.resolve_options(options)
