@@ -417,10 +417,11 @@ def dataset_shape(name: str, options: dict) -> tuple[int, int, int]:
     for key, default in defaults.items():
         if isinstance(default, bool) and not isinstance(opts[key], bool):
             raise ConfigError(f"{name}: {key} must be true or false, got {opts[key]!r}")
-    for key in ("train_subset", "val_subset"):
+    for key, least in (("train_subset", 2), ("val_subset", 1)):
         n = options.get(key)
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ConfigError(f"{name}: {key} must be a positive integer or null, got {n!r}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < least):
+            raise ConfigError(f"{name}: {key} must be an integer >= {least} or null, got {n!r}"
+                              + (" (a training batch needs two images)" if least == 2 else ""))
     check = getattr(module, "check_options", None)
     if check is not None:
         opts = check(opts)
@@ -683,6 +684,54 @@ def resolve_cell(cfg: dict, cell: Cell) -> dict:
         "threads": cfg["threads"],
         "data_root": cfg["data_root"],
     }
+
+
+def cell_config_digest(resolved: dict) -> str:
+    """First 12 hex digits of the sha256 of everything in a resolved cell config (threads and
+    device included: they are what the job is told)."""
+    return hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:12]
+
+
+def cell_config_path(results: str | Path, cell: Cell, resolved: dict) -> Path:
+    """<cell>/config-<digest>.json: the resolved config the cell's job reads."""
+    return cell_dir(results, cell) / f"config-{cell_config_digest(resolved)}.json"
+
+
+def write_cell_config(results: str | Path, cell: Cell, resolved: dict) -> Path:
+    """Make sure <cell>/config-<digest>.json holds the cell's resolved config; return its path.
+
+    What makes the workflow rerun exactly the cells whose setting changed, from the files
+    alone (no `.snakemake/` metadata needed): the file is the train job's input, so
+    - a new digest (a changed setting, or a new cell) is a new file, newer than any result:
+      the cell reruns; the cell's other config files are removed (one per cell);
+    - a file written for a result that already holds this very config (a fresh clone, a
+      setting changed and changed back) is dated just before that result: nothing reruns.
+    An existing file is left alone (one stat: planning stays cheap).
+    """
+    path = cell_config_path(results, cell, resolved)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(resolved, indent=1, sort_keys=True) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for other in path.parent.glob("config-*.json"):
+        if other != path:
+            other.unlink(missing_ok=True)
+    result = path.parent / "result.json"
+    try:
+        doc = json.loads(result.read_text())
+        same = canonical_json(doc.get("config")) == canonical_json(resolved)
+        if same:
+            before = result.stat().st_mtime_ns - 1_000_000_000
+            os.utime(path, ns=(before, before))
+    except (OSError, ValueError, AttributeError):
+        pass  # no result (or an unreadable one): the cell runs
+    return path
 
 
 def canonical_json(obj: Any) -> str:

@@ -55,6 +55,9 @@ def check_options(opts: dict[str, Any]) -> dict[str, Any]:
     `bench.config` calls to vet a config before any job."""
     for key in ("n_train", "n_val", "num_classes", "channels"):
         _positive_int(key, opts[key])
+    if opts["n_train"] < 2:
+        raise ConfigError(f"synthetic: n_train must be at least 2 (a training batch needs two "
+                          f"images), got {opts['n_train']}")
     seed = opts["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"synthetic: seed must be an integer, got {seed!r}")
