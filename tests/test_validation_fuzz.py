@@ -165,3 +165,15 @@ def test_a_mutated_config_is_refused_in_one_clear_line_or_runs(example):
 
 def test_the_base_config_is_valid_and_runs():
     assert runs(check_config(copy.deepcopy(BASE))) == "ok"
+
+
+def test_a_last_batch_of_one_image_under_batchnorm_trains():
+    """33 images in batches of 32 leave one image; MobileNetV2's last BatchNorm sees it as 1x1
+    features (one value per channel), which BatchNorm cannot normalise: the loop skips it."""
+    from bench.faults import TINY_STUDY
+
+    study = {**copy.deepcopy(TINY_STUDY), "models": ["mobilenetv2"], "epochs": 1,
+             "model": {"width": 0.35},
+             "data_options": {"synthetic": {"n_train": 33, "n_val": 16, "num_classes": 4}}}
+    cfg = check_config({**copy.deepcopy(BASE), "studies": {"b1": study}})
+    assert runs(cfg) == "ok"
