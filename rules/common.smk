@@ -152,8 +152,9 @@ def gpu_exclusive(wildcards):
 # them never reruns a finished cell.
 # The lock folder is baked into the command text: shell-quoted here (check_config refuses
 # braces in paths, which Snakemake would read as placeholders).
+GPU_SLOTS_DIR = f"{RESULTS}/.gpu-slots"
 GPU_SLOT = (
-    f"python -m bench.slots --lock-dir {shlex.quote(RESULTS + '/.gpu-slots')} "
+    f"python -m bench.slots --lock-dir {shlex.quote(GPU_SLOTS_DIR)} "
     "--need {resources.gpu:q} --exclusive-if {resources.gpu_exclusive:q} --"
 )
 

@@ -95,7 +95,7 @@ def test_every_templated_shell_value_is_quoted():
                     assert field.endswith(":q"), f"{smk.name}: unquoted {{{field}}} in {line}"
     assert blocks >= 6
     common = (ROOT / "rules" / "common.smk").read_text()
-    assert "shlex.quote(RESULTS" in common
+    assert "--lock-dir {shlex.quote(GPU_SLOTS_DIR)}" in common
     assert "shell(" not in (ROOT / "Snakefile").read_text() + common
 
 
