@@ -650,7 +650,7 @@ def _snakemake(work: Path, config: Path, *args: str, timeout: float = 900
 
 
 def _planned(proc: subprocess.CompletedProcess, rule: str) -> int:
-    m = re.search(rf"^{rule}\s+(\d+)$", proc.stdout + proc.stderr, re.M)
+    m = re.search(rf"^{rule}\s+(\d+)$", proc.stdout + proc.stderr, re.MULTILINE)
     return int(m.group(1)) if m else 0
 
 

@@ -154,8 +154,8 @@ def test_cli_validate_reports_errors_without_traceback(tmp_path):
     ({"data_options": {"synthetic": {"n_train": 0}}}, "n_train must be a positive integer"),
     ({"data": {"image_size": 16, "classes": [0, 9]}}, "classes must be distinct class indices"),
     ({"data": {"image_size": 16, "train_subset": 1}}, "train_subset must be an integer >= 2"),
-    ({"models": ["vgg16"]}, "model 'vgg16' on dataset 'synthetic' (3x16x16 images): the model "
-                            "cannot run on 16x16 images"),
+    ({"models": ["vgg16"]}, ("model 'vgg16' on dataset 'synthetic' (3x16x16 images): the model "
+                             "cannot run on 16x16 images")),
 ])
 def test_bad_input_is_one_line_before_any_job(overrides, needle):
     with pytest.raises(ConfigError) as err:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from bench.config import ROOT, check_config, plan, resolve_cell
+from bench.config import ROOT, check_config
 from bench.errors import BenchError, ConfigError
 from bench.faults import TINY_STUDY
 from bench.methods import METHODS
@@ -65,7 +65,7 @@ def name_fields(payload: str) -> dict[str, dict]:
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_a_payload_in_any_name_field_is_a_config_error(payload, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for field, cfg in name_fields(payload).items():
+    for cfg in name_fields(payload).values():
         with pytest.raises(ConfigError):
             check_config(cfg)
     assert not pwned(tmp_path)
@@ -101,13 +101,14 @@ def test_every_templated_shell_value_is_quoted():
 
 @pytest.mark.slow
 def test_payload_paths_run_end_to_end_and_execute_nothing(tmp_path):
-    """A results folder and data_root full of shell syntax, quotes and Unicode: the whole
-    workflow (onstart tracking, data, a cell, aggregate, report) runs, writes where it was told
-    and runs none of it."""
+    """A results folder, data_root and tracking URI full of shell syntax, quotes and Unicode:
+    the whole workflow (onstart tracking, data, a cell, aggregate, report) runs, writes where it
+    was told and runs none of it."""
     study = {**copy.deepcopy(TINY_STUDY), "epochs": 1}
     results = "res $(touch pwned1) `touch pwned2` ; touch pwned3 ' \" ü 結果"
+    uri = f"sqlite:///{tmp_path}/db $(touch pwned5) ` ;.db"
     cfg = {"results": results, "data_root": "data ' $(touch pwned4)", "device": "cpu",
-           "threads": 1, "studies": {"t": study}}
+           "threads": 1, "tracking": {"enabled": True, "uri": uri}, "studies": {"t": study}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
@@ -117,10 +118,10 @@ def test_payload_paths_run_end_to_end_and_execute_nothing(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = tmp_path / results
     assert (out / "report" / "report.html").is_file()
-    (cell,) = plan(check_config({**cfg, "results": str(out)}))
     result = json.loads((out / "t" / "cells" / "sgd" / "resnet18_cifar" / "synthetic" / "none"
                          / "s0" / "result.json").read_text())
     assert result["status"] == "ok" and result["mlflow"]["run_id"]
+    assert result["mlflow"]["tracking_uri"] == uri
     assert not pwned(tmp_path, ROOT), "a payload ran"
 
 

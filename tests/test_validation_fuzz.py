@@ -150,7 +150,7 @@ def runs(cfg: dict) -> str:
 
 
 @pytest.mark.slow
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None,
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
           derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                    HealthCheck.data_too_large])
 @given(mutated())
