@@ -160,6 +160,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = _finished_result(cfg, Path(args.out))
         if result is None:
             result = run_cell(cfg, Path(args.out), tracker=tracker, threads=args.threads)
+        used = Path(args.cell[1:]) if args.cell.startswith("@") else None
+        if used is not None and used.name.startswith("config-") and (
+                used.parent.resolve() == Path(args.out).parent.resolve()):
+            from bench.config import drop_other_cell_configs
+
+            drop_other_cell_configs(used)  # the workflow's: one config file per result
     return 0 if result["status"] in ("ok", "oom", "diverged", "skipped") else 1
 
 

@@ -703,10 +703,12 @@ def write_cell_config(results: str | Path, cell: Cell, resolved: dict) -> Path:
     What makes the workflow rerun exactly the cells whose setting changed, from the files
     alone (no `.snakemake/` metadata needed): the file is the train job's input, so
     - a new digest (a changed setting, or a new cell) is a new file, newer than any result:
-      the cell reruns; the cell's other config files are removed (one per cell);
-    - a file written for a result that already holds this very config (a fresh clone, a
-      setting changed and changed back) is dated just before that result: nothing reruns.
-    An existing file is left alone (one stat: planning stays cheap).
+      the cell reruns;
+    - a file written for a result that already holds this very config (a fresh clone, results
+      made before these files existed) is dated just before that result: nothing reruns.
+    An existing file is left alone (one stat: planning stays cheap). Planning never deletes:
+    the job that trains the cell drops its other config files (`drop_other_cell_configs`), so
+    a setting changed and changed back finds no old file that would claim a newer result.
     """
     path = cell_config_path(results, cell, resolved)
     if path.exists():
@@ -719,9 +721,6 @@ def write_cell_config(results: str | Path, cell: Cell, resolved: dict) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    for other in path.parent.glob("config-*.json"):
-        if other != path:
-            other.unlink(missing_ok=True)
     result = path.parent / "result.json"
     try:
         doc = json.loads(result.read_text())
@@ -732,6 +731,14 @@ def write_cell_config(results: str | Path, cell: Cell, resolved: dict) -> Path:
     except (OSError, ValueError, AttributeError):
         pass  # no result (or an unreadable one): the cell runs
     return path
+
+
+def drop_other_cell_configs(used: Path) -> None:
+    """After a cell trained from `used` (a <cell>/config-<digest>.json), remove the cell's
+    config files of other settings: only the one its result was made from stays."""
+    for other in used.parent.glob("config-*.json"):
+        if other.name != used.name:
+            other.unlink(missing_ok=True)
 
 
 def canonical_json(obj: Any) -> str:

@@ -199,12 +199,12 @@ def test_validate_refuses_a_device_that_is_not_here(tmp_path):
 
 def test_cell_config_file_reruns_changed_cells_only(tmp_path):
     """write_cell_config: a new digest is a new file newer than the result; a file for a
-    result that holds the same config is dated before it; one config file per cell."""
+    result that holds the same config is dated before it; the training job keeps only its own."""
     import json
     import os
     import time
 
-    from bench.config import cell_dir, write_cell_config
+    from bench.config import cell_dir, drop_other_cell_configs, write_cell_config
 
     cfg = check_config({**cfg_with(), "results": str(tmp_path)})
     cell = plan(cfg)[0]
@@ -220,5 +220,7 @@ def test_cell_config_file_reruns_changed_cells_only(tmp_path):
     changed = copy.deepcopy(resolved)
     changed["train"]["lr"] = 0.5
     new = write_cell_config(tmp_path, cell, changed)
-    assert new != same and not same.exists()
+    assert new != same and same.exists(), "planning (a dry run too) never deletes"
     assert new.stat().st_mtime > result.stat().st_mtime
+    drop_other_cell_configs(new)  # what the job that trains the cell does
+    assert new.exists() and not same.exists()

@@ -177,7 +177,7 @@ def test_a_planted_pretrained_backbone_is_refused(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS.names())
-def test_real_checkpoints_of_every_method_load_weights_only(name, tmp_path, monkeypatch):
+def test_real_checkpoints_of_every_method_load_weights_only_and_metrics_are_declared(name, tmp_path, monkeypatch):
     """Registry-driven: a checkpoint each method writes mid-run loads with weights_only=True
     and resumes (a method whose state needs more than tensors and plain data fails here)."""
     from bench.config import config_hash
@@ -198,6 +198,14 @@ def test_real_checkpoints_of_every_method_load_weights_only(name, tmp_path, monk
     torch.load(path, map_location="cpu", weights_only=True)
     state = Checkpoint(out.parent).load(config_hash(cfg))
     assert state is not None and state["epoch"] == cfg["epochs"]
+    # the same run: every final metric it reports is one a config may name (`Method.metrics`)
+    import fnmatch
+
+    from bench.config import CORE_METRICS
+
+    known = [*CORE_METRICS, *cls.metrics]
+    undeclared = [k for k in result["final"] if not any(fnmatch.fnmatchcase(k, p) for p in known)]
+    assert not undeclared, f"{name}: declare {undeclared} in {cls.__name__}.metrics"
 
 
 def test_every_torch_load_of_the_harness_is_weights_only():
