@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import socket
 import subprocess
@@ -160,9 +161,14 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
     clock_start: float | None = None
     timed_images = 0
     last_print = time.perf_counter()
+    # BatchNorm cannot normalise a batch of one image whose features are 1x1 (one value per
+    # channel): a last batch of one is skipped, as `drop_last` would (one image of the epoch)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     measure.sync(device)
     epoch_start = time.perf_counter()
     for step, (inputs, targets) in enumerate(run.train_loader):
+        if has_bn and targets.shape[0] == 1 and step > 0:
+            continue
         run.set_lr(epoch + step / n_steps)
         if step == 0:
             out: dict[str, Any] = {}
@@ -383,14 +389,28 @@ class Checkpoint:
         atomic_torch_save(self.path, state)
 
     def load(self, expected_hash: str) -> dict[str, Any] | None:
-        """The saved state, or None (no checkpoint, another config, or an unreadable file)."""
+        """The saved state, or None (no checkpoint, another config, or an unreadable file).
+
+        `weights_only=True`: only tensors and plain data (dicts, lists, numbers, strings) are
+        unpickled. A results folder may sit on a shared file system, and a planted
+        checkpoint.pt must not run code: one holding anything else is refused, unread."""
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log(f"checkpoint {self.path} is refused: it holds objects other than tensors and "
+                f"plain data, and loading it could run code ({first[:300]}); starting the cell "
+                f"from scratch")
+            return None
         except Exception as e:  # noqa: BLE001 - a truncated/corrupted file: start again
             log(f"checkpoint {self.path} is unreadable ({type(e).__name__}: {e}); "
                 f"starting the cell from scratch")
+            return None
+        if not isinstance(state, dict):
+            log(f"checkpoint {self.path} is unreadable (not a checkpoint); starting the cell "
+                f"from scratch")
             return None
         if state.get("config_hash") != expected_hash:
             log(f"checkpoint {self.path} belongs to another config "

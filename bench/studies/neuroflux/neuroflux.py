@@ -67,6 +67,13 @@ def _log(msg: str) -> None:
 @METHODS.register("neuroflux")
 class NeuroFlux(Method):
     name = "neuroflux"
+    metrics = ("block_epochs", "exit_unit", "exit_unit_name", "exit_val_acc", "exit_params",
+               "full_params", "param_reduction", "exit_images_per_s", "full_images_per_s",
+               "inference_throughput_gain", "throughput_batch", "n_units", "n_blocks",
+               "block_batch_sizes", "block_units", "block_memory_mib", "budget_mib",
+               "head_filters", "profile_min_r2", "profile_warning", "augmented_blocks",
+               "cache_storage", "profiling_s", "cache_s", "train_wall_s", "method_wall_s",
+               "head_acc_u*")
     description = "NeuroFlux: block-wise local learning with adaptive batches, heads and a cache"
     owns_loop = True
     defaults: dict[str, Any] = {
