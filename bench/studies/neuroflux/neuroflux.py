@@ -176,6 +176,7 @@ class NeuroFlux(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._restored = dict(state or {})
+        self._plan, self._boundary = self._restored.get("plan"), self._restored.get("boundary")
 
     def _clean_start(self, run: Run) -> None:
         if not (run.epoch or run.history):
