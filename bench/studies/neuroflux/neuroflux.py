@@ -342,9 +342,9 @@ class NeuroFlux(Method):
                     for name, c in new.items()}
 
         try:
-            if first_block:
+            if 0 < first_block < len(self.blocks):  # the next block needs its input cache
                 with measure.Stopwatch(device) as rb:
-                    for k in range(min(first_block, len(self.blocks) - 1)):
+                    for k in range(first_block):
                         cache_pass(k, with_heads=False)
                 rebuild_s = rb.elapsed_s
                 _log(f"neuroflux: rebuilt the caches of blocks 1-{first_block} in "
