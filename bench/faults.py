@@ -627,7 +627,8 @@ def _oom(work: Path) -> Outcome:
 
 @fault("budget_too_small", "a cell of a method that sizes its batch to the budget, under "
        "1 MiB: below what its first unit needs at the smallest batch",
-       "the cell fails with a message naming the unit and the budget; no result.json")
+       "the cell fails with a message naming the budget, what does not fit in it (a unit, or "
+       "the whole model) and what it needs; no result.json")
 def _budget(work: Path) -> Outcome:
     from bench.methods import METHODS
 
@@ -639,7 +640,8 @@ def _budget(work: Path) -> Outcome:
     cfg = tiny_config(work, study)
     (cell, path, out), = cell_files(cfg, work)
     code, log = finish(start_cell(path, out, None, work))
-    clear = code == 2 and "unit" in log and "budget" in log.lower() and "Traceback" not in log
+    clear = (code == 2 and "too small" in log and "1.0 MiB" in log and "needs" in log
+             and "Traceback" not in log)
     line = next((ln for ln in log.splitlines() if ln.startswith("error:")), log[-200:])
     return Outcome(clear and not out.exists(), f"exit {code}: {line[:160]}")
 

@@ -54,7 +54,8 @@ TABLES = [
     "memory_summary",
     "claims",
     "paper_checks",
-]
+    "mechanism_checks",
+]  # bench.aggregate.TABLES (tests/test_workflow.py checks they agree)
 
 
 wildcard_constraints:
@@ -129,8 +130,8 @@ def study_config_json(wildcards):
 
 @functools.cache
 def _results_of(study):
-    return [f"{RESULTS}/{c.study}/cells/{c.method}/{c.model}/{c.dataset}/{c.budget}/s{c.seed}"
-            "/result.json" for c in CELLS if c.study == study]  # cell_dir, as strings
+    return [f"{RESULTS}/{c.study}/cells/{c.method}/{c.model}/{c.dataset}/{c.budget}/s{c.seed}/"
+            "result.json" for c in CELLS if c.study == study]  # cell_dir, as strings
 
 
 def study_results(wildcards):

@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import re
 import time
 
 import pandas as pd
@@ -11,6 +12,7 @@ import yaml
 
 from bench import aggregate as agg
 from bench import stats
+from bench.config import ROOT
 from bench.errors import BenchError, ConfigError
 
 RW_VAL_ACC = {
@@ -651,3 +653,12 @@ def test_study_config_comparisons_and_endpoints_reach_the_tables(tmp_path):
     assert c.loc[c["claim_id"] == "missing_method", "verdict"].item() == (
         "not testable (method nonexistent not in this run)"
     )
+
+
+def test_the_workflow_declares_every_table_aggregate_writes():
+    """Snakemake removes a failed job's declared outputs only: a table aggregate writes that the
+    rules do not declare would outlive a failed aggregate (and the report it no longer matches)."""
+    text = (ROOT / "rules" / "common.smk").read_text()
+    block = re.search(r"^TABLES = \[(.*?)\]", text, re.S | re.M)
+    assert block, "rules/common.smk defines TABLES"
+    assert re.findall(r'"(\w+)"', block.group(1)) == list(agg.TABLES)

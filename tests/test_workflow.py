@@ -87,8 +87,10 @@ def test_smoke_produces_results_tables_report_and_mlflow_runs(smoke_run):
 
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     exp = client.get_experiment_by_name("baseline")
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 6
+    all_runs = client.search_runs([exp.experiment_id])
+    runs = [r for r in all_runs if r.data.tags.get("run_kind") != "study_summary"]
+    summary = [r for r in all_runs if r.data.tags.get("run_kind") == "study_summary"]
+    assert len(runs) == 6 and len(summary) == 1, "one run per cell plus the study's summary run"
     assert {r.data.tags["cell_id"] for r in runs} == {
         f"baseline/{c['method']}/{c['model']}/{c['dataset']}/{c['budget']}/s{c['seed']}"
         for c in cells}
