@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import socket
 import subprocess
@@ -32,11 +33,72 @@ from bench.data import DatasetSplits, DeviceLoader, load_dataset
 from bench.methods import METHODS
 from bench.methods.base import Method
 from bench.models import build_model
-from bench.tracking import TrackingError, brief_error
+from bench.tracking import TrackingError, brief_error, prepared_dataset, source_tags
 
 SCHEMA_VERSION = 1
 NAN_CHECK_EVERY = 50  # steps between divergence checks (each one syncs the device)
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines within an epoch
+# Where a cell ran, beyond its resolved config, shapes a CPU result: torch splits reductions by
+# thread count (one digits cell: val_acc 0.3167 with 1 thread, 0.3083 with 2) and another
+# device runs other kernels. Not hashed (the plan cannot know the device `auto` resolves to on
+# a node, nor the threads Snakemake grants under --cores): a checkpoint records them and a
+# resume under others starts the cell over (a new MLflow run; the old one is superseded).
+ENVIRONMENT_KEYS = ("threads", "device", "device_name")
+
+# Speed options (`train.precision`, `train.channels_last`), off by default: the papers' numbers
+# are fp32. With `precision: bf16` the whole loop (training steps and evaluation) runs under
+# torch.autocast(bfloat16) (no loss scaling: bf16 has fp32's range); parameters, gradients and
+# optimizer state stay fp32. `channels_last` stores the model's 4-d weights and each training
+# batch NHWC (faster convolutions on tensor cores). A cell run with either records them in
+# result.json (`numerics`, and in `final` so the tables and report carry them), and memory
+# claims refuse such cells (`numerics_refusal`).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+PAPER_NUMERICS: dict[str, Any] = {"precision": "fp32", "channels_last": False}
+
+
+def numerics(train: dict[str, Any]) -> dict[str, Any]:
+    """The cell's speed options: {"precision": "fp32" | "bf16", "channels_last": bool}."""
+    return {"precision": str(train.get("precision", "fp32")),
+            "channels_last": bool(train.get("channels_last", False))}
+
+
+def check_numerics(train: dict[str, Any], device: torch.device) -> None:
+    """A ConfigError for a precision this harness or this device cannot run."""
+    from bench.errors import ConfigError
+
+    precision = numerics(train)["precision"]
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
+                          f"not {precision!r}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision bf16 needs a GPU with bfloat16 support; "
+                          f"{torch.cuda.get_device_name(device)} has none: use fp32")
+
+
+def autocast(run: Run) -> Any:
+    """The context the loop runs in: autocast to bf16 when `train.precision` asks for it."""
+    dtype = PRECISIONS[numerics(run.cfg["train"])["precision"]]
+    return torch.autocast(device_type=run.device.type, dtype=dtype or torch.float32,
+                          enabled=dtype is not None)
+
+
+def numerics_refusal(cells: Any, metric: str) -> str | None:
+    """Hook for memory claims: why cells (a cells table: rows with optional `precision`
+    column, as bench.aggregate writes it) cannot test a claim on `metric`, or None.
+
+    Memory figures of a bf16 run are not the paper's (fp32) memory: a claim on a memory metric
+    (`*_mib`, `*_bytes`) refuses cells computed in another precision. Accuracy claims accept
+    them (the report marks them)."""
+    if not metric.endswith(("_mib", "_bytes")):
+        return None
+    if cells is None or "precision" not in getattr(cells, "columns", ()):
+        return None
+    other = sorted({str(p) for p in cells["precision"] if isinstance(p, str)
+                    and p != PAPER_NUMERICS["precision"]})
+    if not other:
+        return None
+    return (f"memory claim on {metric}: some cells ran in {', '.join(other)}, not "
+            f"{PAPER_NUMERICS['precision']} as the paper (drop train.precision to test it)")
 
 
 def log(msg: str) -> None:
@@ -154,10 +216,18 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
     clock_start: float | None = None
     timed_images = 0
     last_print = time.perf_counter()
+    # BatchNorm cannot normalise a batch of one image whose features are 1x1 (one value per
+    # channel): a last batch of one is skipped, as `drop_last` would (one image of the epoch)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    channels_last = numerics(run.cfg["train"])["channels_last"]
     measure.sync(device)
     epoch_start = time.perf_counter()
     for step, (inputs, targets) in enumerate(run.train_loader):
+        if has_bn and targets.shape[0] == 1 and step > 0:
+            continue
         run.set_lr(epoch + step / n_steps)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC
         if step == 0:
             out: dict[str, Any] = {}
 
@@ -272,14 +342,18 @@ def provenance(device: torch.device, threads: int) -> dict[str, Any]:
 
     sha = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    import torchvision
+    try:  # a bare GPU box (benchmarks/gpu_check.py) may lack torchvision
+        import torchvision
 
+        vision = torchvision.__version__
+    except ImportError:
+        vision = None
     cuda = device.type == "cuda"
     return {
         "git_sha": sha,
         "git_dirty": bool(dirty) if dirty is not None else None,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": vision,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "device": str(device),
@@ -351,8 +425,9 @@ def is_oom(err: BaseException) -> bool:
 class Checkpoint:
     """`checkpoint.pt` beside the result: written atomically at every epoch boundary."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, environment: dict[str, Any] | None = None) -> None:
         self.path = out_dir / "checkpoint.pt"
+        self.environment = environment  # ENVIRONMENT_KEYS of the session that saves
 
     def save(self, run: Run, tracking: dict[str, Any]) -> None:
         state = {
@@ -365,6 +440,7 @@ class Checkpoint:
             "timing": run.timing,
             "static": run.static,
             "tracking": tracking,
+            "environment": self.environment,
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "method": run.method.state_dict(),
@@ -375,14 +451,28 @@ class Checkpoint:
         atomic_torch_save(self.path, state)
 
     def load(self, expected_hash: str) -> dict[str, Any] | None:
-        """The saved state, or None (no checkpoint, another config, or an unreadable file)."""
+        """The saved state, or None (no checkpoint, another config, or an unreadable file).
+
+        `weights_only=True`: only tensors and plain data (dicts, lists, numbers, strings) are
+        unpickled. A results folder may sit on a shared file system, and a planted
+        checkpoint.pt must not run code: one holding anything else is refused, unread."""
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log(f"checkpoint {self.path} is refused: it holds objects other than tensors and "
+                f"plain data, and loading it could run code ({first[:300]}); starting the cell "
+                f"from scratch")
+            return None
         except Exception as e:  # noqa: BLE001 - a truncated/corrupted file: start again
             log(f"checkpoint {self.path} is unreadable ({type(e).__name__}: {e}); "
                 f"starting the cell from scratch")
+            return None
+        if not isinstance(state, dict):
+            log(f"checkpoint {self.path} is unreadable (not a checkpoint); starting the cell "
+                f"from scratch")
             return None
         if state.get("config_hash") != expected_hash:
             log(f"checkpoint {self.path} belongs to another config "
@@ -439,6 +529,8 @@ def build_run(cfg: dict[str, Any], out_dir: Path, device: torch.device) -> Run:
 
         load_backbone(model, cfg["inputs"]["init_checkpoint"])  # the classifier stays new
     model = model.to(device)
+    if numerics(cfg["train"])["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = method.build_optimizer(model, cfg["train"])
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg["seed"])
@@ -466,6 +558,7 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
     torch.set_num_threads(threads)
     device = resolve_device(cfg.get("device", "auto"))
     torch.backends.cudnn.benchmark = bool(cfg["train"]["cudnn_benchmark"])
+    check_numerics(cfg["train"], device)
     out_path = Path(out_path)
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -481,9 +574,9 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         if tracker is None:
             return
         tags = {**{f"axis.{k}": str(v) for k, v in cell.axes().items()},
-                "config_hash": chash, "memrepro.version": "1"}
+                "config_hash": chash, "memrepro.version": "1", **source_tags(prov)}
         exp_id, run_id = tracker.call("start the cell's MLflow run", tracker.start_cell,
-                                      cfg["study"], cell.cell_id, tags, cfg)
+                                      cfg["study"], cell.cell_id, tags, cfg, resumed_run)
         if resumed_run and resumed_run != run_id:
             log(f"note: checkpoint named MLflow run {resumed_run}, the store has {run_id}")
         tracking.update(tracking_uri=tracker.uri, experiment_id=exp_id, run_id=run_id)
@@ -500,7 +593,8 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         log(f"skipped: {why}")
         return result
 
-    checkpoint = Checkpoint(out_dir)
+    environment = {k: prov[k] for k in ENVIRONMENT_KEYS}
+    checkpoint = Checkpoint(out_dir, environment)
     mirror: _EpochMirror | None = None
     run: Run | None = None
     resumed_from: int | None = None
@@ -509,12 +603,19 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         run = build_run(cfg, out_dir, device)
         run.method.setup(run)
         state = checkpoint.load(chash)
+        if state is not None and state.get("environment") != environment:
+            log(f"checkpoint {checkpoint.path} was written with {state.get('environment')}, "
+                f"this session runs with {environment}: starting the cell from scratch "
+                f"(threads and device change a CPU result)")
+            state = None
         if state is not None:
             checkpoint.restore(run, state)
             resumed_from = run.epoch
             log(f"resuming from the checkpoint after epoch {run.epoch} of {run.epochs}")
         start_tracking(state["tracking"]["run_id"] if state else None)
         if tracker is not None:
+            tracker.call("name the run's dataset", tracker.log_dataset, tracking["run_id"],
+                         prepared_dataset(cfg["dataset"], run.data, cfg["data_root"]))
             mirror = _EpochMirror(tracker, tracking["run_id"])
             if run.history:  # epochs a previous session may not have logged
                 mirror.catch_up(run.history)
@@ -528,10 +629,11 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
                 mirror.epoch(r.history, record)
 
         run.on_epoch = on_epoch
-        if run.method.owns_loop:
-            run.method.fit(run)
-        else:
-            fit(run)
+        with autocast(run):
+            if run.method.owns_loop:
+                run.method.fit(run)
+            else:
+                fit(run)
         status, reason = run.status, run.reason
     except Exception as err:
         if not is_oom(err):
@@ -660,6 +762,7 @@ def _publish(result: dict[str, Any], out_path: Path, tracker: Any | None,
         atomic_write_json(staged, result)
 
         def close_run() -> None:
+            tracker.log_result(tracking["run_id"], result)  # final values, as latest metrics
             tracker.client.log_dict(tracking["run_id"], cfg, "config.json")
             tracker.finish(tracking["run_id"], status, [staged])
 
@@ -702,6 +805,9 @@ def _final(run: Run) -> dict[str, Any]:
         if values:
             final[key] = values[-1]
     final.update(run.method.final_metrics(run))
+    used = numerics(run.cfg["train"])
+    if used != PAPER_NUMERICS:  # columns of the cells table only where speed options ran
+        final.update(used)
     return final
 
 
@@ -745,6 +851,7 @@ def _result(cfg: dict[str, Any], cell: Cell, chash: str, status: str, reason: st
         "reason": reason,
         "config": cfg,
         "config_hash": chash,
+        "numerics": numerics(cfg["train"]),
         "history": history,
         "final": final,
         "memory": memory,
