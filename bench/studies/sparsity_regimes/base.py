@@ -24,8 +24,7 @@ in `setup` and trains with the keep ratio r its controller chose for the epoch:
 - `final_metrics`: `acc_at_r{r:g}` for r in `eval_ratios`: validation accuracy in eval mode with
   TopK forced on at r (same split and batches as val_acc, which is the dense accuracy), the mean
   keep ratio / effective activation rate over training epochs, the resets by cause, and the
-  probe's total cost (`probe_s_total`, `probe_fraction` of the training time, `probe_size`),
-  and `method_options` (the resolved options: the controller constants the checks read).
+  probe's total cost (`probe_s_total`, `probe_fraction` of the training time, `probe_size`).
 
 `dense` attaches the same TopK modules at r = 1 (bit-identical to no TopK) only to count the
 natural ReLU sparsity of the same hooked outputs, and to evaluate at the `eval_ratios`.
@@ -85,7 +84,8 @@ class SparsityMethod(Method):
 
     defaults: dict[str, Any] = dict(COMMON_DEFAULTS)
     metrics = ("mean_keep_ratio", "mean_effective_activation_rate", "keep_ratio_resets",
-               "acc_at_r*")
+               "guard_resets", "floor_resets", "schedule_resets", "probe_size", "probe_s_total",
+               "probe_fraction", "acc_at_r*")
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -217,8 +217,6 @@ class SparsityMethod(Method):
                                                if self.rates else None),
             "keep_ratio_resets": int(c.resets),
             **{f"{cause}_resets": int(getattr(c, f"{cause}_resets")) for cause in RESET_CAUSES},
-            # the resolved options (controller constants included) for the mechanism checks
-            "method_options": dict(self.options),
         }
         if c.needs_probe:
             final.update(probe_size=int(len(self.probe_y)) if self.probe_y is not None else None,

@@ -15,8 +15,9 @@ tripped and S1, S2 and the sawtooth were one open-loop schedule under three name
   sawtooth cell's of the same seed, or the open-loop schedule the controller follows when its
   guard never acts (compress by beta from 1 to r_min, reset at the floor).
 
-Reads result.json documents only (no torch). The controller constants come from
-`final.method_options` (recorded by the study's methods), else METHODS.md's defaults.
+Reads result.json documents only (no torch). The controller constants are the cell's
+`config.method_options` over METHODS.md's defaults (`DEFAULTS`, the methods' own defaults: a test
+holds them equal).
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ TOL = 1e-9
 
 
 def _options(result: Mapping[str, Any]) -> dict[str, Any]:
-    final = result.get("final") or {}
-    opts = final.get("method_options") or (result.get("config") or {}).get("method_options") or {}
+    opts = (result.get("config") or {}).get("method_options") or {}
     return {**DEFAULTS, **{k: v for k, v in opts.items() if k in DEFAULTS}}
 
 
@@ -67,7 +67,7 @@ def _fmt(traj: Sequence[float | None], n: int = 14) -> str:
     return f"[{s}{', ...' if len(traj) > n else ''}]"
 
 
-@register_checks("sparsity_regimes")
+@register_checks("sparsity_regimes", "trajectories_differ", "guard_reset", "not_degenerate")
 def checks(results: Sequence[Mapping[str, Any]]) -> list[Check]:
     by_key: dict[tuple, dict[str, Mapping[str, Any]]] = {}
     for r in results:

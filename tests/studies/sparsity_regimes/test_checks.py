@@ -23,7 +23,7 @@ def result(method, seed, ratios, causes=None, **opts):
                for i, (r, c) in enumerate(zip(ratios, causes, strict=True))]
     return {"axes": {"study": STUDY, "method": method, "model": "wrn28_4", "dataset": "digits",
                      "budget": "none", "seed": seed},
-            "status": "ok", "history": history, "final": {"method_options": opts}}
+            "status": "ok", "history": history, "config": {"method_options": opts}}
 
 
 def run_controller(controller, probe, epochs):
@@ -88,7 +88,7 @@ def test_trajectories_differ_is_not_applicable_within_one_cycle():
     docs = cells(free, epochs=5)
     for d in docs:
         if d["axes"]["method"] == "topk_sawtooth":
-            d["final"]["method_options"] = {"period": 4}
+            d["config"]["method_options"] = {"period": 4}
     assert not rows(checks_table(STUDY, docs), "trajectories_differ")["passed"].any()
 
 
@@ -138,3 +138,13 @@ def test_open_loop_matches_the_controllers_helper():
 
     assert open_loop(0.05, 0.8, 40) == pytest.approx(open_loop_ratios(0.05, 0.8, 40))
     assert open_loop(0.25, 0.5, 6) == [1.0, 0.5, 0.25, 1.0, 0.5, 0.25]
+
+
+def test_the_checks_defaults_are_the_methods_defaults():
+    from bench.methods import METHODS
+    from bench.studies.sparsity_regimes.checks import DEFAULTS
+
+    for name in ("topk_s1", "topk_s2"):
+        opts = METHODS.get(name).resolve_options({})
+        assert (opts["r_min"], opts["beta"]) == (DEFAULTS["r_min"], DEFAULTS["beta"])
+    assert METHODS.get("topk_sawtooth").resolve_options({})["period"] == DEFAULTS["period"]
