@@ -10,7 +10,9 @@ runs), evaluates every claim on a study's cells, and gives each (claim, group) o
     the reproduced quantity lies inside the band (paper value +- margin; for a difference, the
     band never crosses zero: a gain cannot be reproduced by its reversal). superiority: the
     one-sided paired t-test of gain > margin has p < 0.05 after Holm's correction over the
-    study's primary claims (unadjusted for a secondary claim).
+    study's primary claims (unadjusted for a secondary claim). A range claim with
+    ``range_rule: overlap`` (a range over the paper's settings, of which a group is one):
+    the 95% interval overlaps the range and the mean is not below its low end.
 ``contradicted``
     the 95% t-interval lies wholly outside the band (superiority: wholly below the margin, i.e.
     the gain is reversed or smaller than the claim says). 95% rather than 90% so that a
@@ -71,7 +73,9 @@ CLAIM_KEYS = (
     "id", "description", "source", "note", "kind", "scope", "method", "versus", "over", "metric",
     "where", "value", "range", "margin", "margin_reason", "scale_by", "runs", "versus_runs",
     "std", "versus_std", "n_runs", "stated_p", "requires", "given", "not_testable",
+    "range_rule",
 )  # fmt: skip
+RANGE_RULES = ("inside", "overlap")  # a range claim's rule (`range_rule`; default inside)
 REQUIRED = ("id", "source", "kind", "scope", "method", "metric", "margin")
 REQUIRED_NOT_TESTABLE = ("id", "source", "kind", "scope", "description")
 # keys of the earlier format, with what replaces them
@@ -226,8 +230,13 @@ def _validate_claim(c: Mapping, where: str) -> None:
             raise ConfigError(f"{where}: 'range' low {r[0]} is above high {r[1]}")
         if c.get("value") is not None:
             raise ConfigError(f"{where}: a range claim states 'range', not 'value'")
+        if c.get("range_rule", "inside") not in RANGE_RULES:
+            raise ConfigError(f"{where}: range_rule {c['range_rule']!r} unknown; rules: "
+                              f"{list(RANGE_RULES)}")
     elif c.get("range") is not None:
         raise ConfigError(f"{where}: 'range' belongs to kind range; this claim is kind {kind}")
+    elif c.get("range_rule") is not None:
+        raise ConfigError(f"{where}: 'range_rule' belongs to kind range; this claim is {kind}")
     if kind in ("value", "difference") and c.get("value") is None:
         raise ConfigError(f"{where}: a {kind} claim needs 'value' (the paper's number"
                           + (", method - versus" if kind == "difference" else "") + ")")
@@ -518,6 +527,24 @@ def decide_band(x: Any, low: float, high: float, versus: Any = None) -> Decision
                     np.where(exact, mean, lo95), np.where(exact, mean, hi95), p, exact)
 
 
+def decide_overlap(x: Any, low: float, high: float) -> Decision:
+    """range with ``range_rule: overlap`` (a range the paper states over its settings, of which
+    a group is one): reproduced when the 95% interval overlaps [low, high] and the mean is not
+    below low; contradicted when the 95% interval lies wholly outside; spreadless columns:
+    inside or outside exactly. p: TOST's, for information."""
+    x = np.asarray(x, dtype=float)
+    mean, sd, lo90, hi90, lo95, hi95 = _intervals(x)
+    p = stats.tost_p(x, low, high, None)
+    exact = _spreadless(x, x, None)
+    inside = (mean >= low) & (mean <= high)
+    reproduced = np.where(exact, inside, (hi95 >= low) & (lo95 <= high) & (mean >= low))
+    contradicted = np.where(exact, ~inside, (hi95 < low) | (lo95 > high))
+    p = np.where(exact, np.where(inside, 0.0, 1.0), p)
+    code = np.where(reproduced, 0, np.where(contradicted, 1, 2))
+    return Decision(code, mean, sd, np.where(exact, mean, lo90), np.where(exact, mean, hi90),
+                    np.where(exact, mean, lo95), np.where(exact, mean, hi95), p, exact)
+
+
 def decide_greater(x: Any, margin: float, versus: Any = None, over: float = 0.0,
                    p_decide: Any = None) -> Decision:
     """superiority: is mean(x - versus) (or mean(x) - over) above ``margin``?
@@ -768,9 +795,13 @@ def _evaluate_group(c: Mapping, g: Mapping[str, str], idx: _Cells, row: dict,
     else:
         low, high = claim_band(kind, stats.to_float(c.get("value", 0.0) or 0.0) * scale, margin,
                                [stats.to_float(r) for r in c["range"]] if kind == "range" else None)
-        d = decide_band(x, low, high, v)
-        row["test"] = ("TOST, paired by seed (statsmodels ttost_paired)" if v is not None
-                       else "TOST, one sample (statsmodels DescrStatsW.ttost_mean)")
+        if kind == "range" and c.get("range_rule") == "overlap":
+            d = decide_overlap(x, low, high)
+            row["test"] = "95% t-interval overlaps the range, mean not below its low end"
+        else:
+            d = decide_band(x, low, high, v)
+            row["test"] = ("TOST, paired by seed (statsmodels ttost_paired)" if v is not None
+                           else "TOST, one sample (statsmodels DescrStatsW.ttost_mean)")
         row["_band"] = (low, high)
     if bool(d.exact[()]):
         row["test"] = "exact (no seed-to-seed spread)"
@@ -789,7 +820,7 @@ def _seeds_needed(c: Mapping, row: dict, d: Decision, alpha_superiority: float) 
         if mean > low:
             return stats.seeds_one_sided(mean - low, sd, alpha_superiority, POWER)
         return stats.seeds_one_sided(low - mean, sd, (1 - CONTRADICT_LEVEL) / 2, POWER)
-    if low < mean < high:
+    if low < mean < high and c.get("range_rule") != "overlap":
         return stats.seeds_tost(mean, sd, low, high, ALPHA, POWER)
     edge = low if mean <= low else high
     return stats.seeds_one_sided(abs(mean - edge), sd, (1 - CONTRADICT_LEVEL) / 2, POWER)
@@ -807,6 +838,9 @@ def _reason(c: Mapping, row: dict, d: Decision, code: int) -> str:
         text = f"mean gain {_fmt(row['estimate'])} > {_fmt(low)}: one-sided p = {_fmt(row['p'])}"
         if math.isfinite(row["p_holm"]):
             text += f", Holm-adjusted {_fmt(row['p_holm'])}"
+    elif code == 0 and c.get("range_rule") == "overlap":
+        text = (f"95% CI [{_fmt(float(d.ci95_low[()]))}, {_fmt(float(d.ci95_high[()]))}] "
+                f"overlaps {band}, mean {_fmt(row['estimate'])} not below {_fmt(low)}")
     elif code == 0:
         text = (f"90% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] inside {band} "
                 f"(TOST p = {_fmt(row['p'])})")
@@ -818,6 +852,10 @@ def _reason(c: Mapping, row: dict, d: Decision, code: int) -> str:
             stats.to_float(c.get("value")) if c.get("value") is not None else 1.0
         ):
             text += " (the difference is reversed)"
+    elif c.get("range_rule") == "overlap":
+        text = (f"mean {_fmt(row['estimate'])} below {_fmt(low)} while the 95% CI "
+                f"[{_fmt(float(d.ci95_low[()]))}, {_fmt(float(d.ci95_high[()]))}] reaches into "
+                f"{band}; seed-to-seed sd {_fmt(float(d.sd[()]))}")
     else:
         text = (f"90% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] vs {band}: neither "
                 f"inside nor (95% CI) wholly outside; seed-to-seed sd {_fmt(float(d.sd[()]))}")

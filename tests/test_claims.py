@@ -214,6 +214,32 @@ def test_range_claim_per_group_inside_outside():
                                                             ("d2", "contradicted")]
 
 
+def test_range_over_settings_overlap_rule():
+    # range_rule overlap (a range the paper states over its settings): a group reproduces it
+    # when its 95% CI overlaps the range and its mean is not below the low end
+    groups = [("m", f"d{i}", "none") for i in range(5)]
+    cells = cells_of("s", groups, {"a": [0.0, 0.4, -0.4, 0.2]})
+    shift = {"d0": 3.0, "d1": 6.3, "d2": 2.2, "d3": 1.0, "d4": 9.0}
+    for d, v in shift.items():
+        cells.loc[cells["dataset"] == d, "val_acc"] += v
+    c = claim(kind="range", range=[2.3, 6.1], margin=0, margin_reason="r", range_rule="overlap")
+    by = {r["dataset"]: r for r in evaluate([c], cells)}
+    assert by["d0"]["verdict"] == "reproduced"  # inside
+    assert by["d1"]["verdict"] == "reproduced"  # mean above the range, CI overlapping it
+    assert by["d2"]["verdict"].startswith("inconclusive")  # mean below, CI reaching into it
+    assert by["d3"]["verdict"] == "contradicted"  # wholly below
+    assert by["d4"]["verdict"] == "contradicted"  # wholly above
+    assert "overlaps" in by["d1"]["reason"]
+    # the default rule asks for the 90% CI inside the range: d1 is not reproduced there
+    inside = evaluate([claim(kind="range", range=[2.3, 6.1], margin=0, margin_reason="r")], cells)
+    assert {r["dataset"]: r["verdict"] for r in inside}["d1"] != "reproduced"
+    with pytest.raises(ConfigError, match="range_rule"):
+        evaluate([claim(kind="range", range=[1, 2], margin=0, margin_reason="r",
+                        range_rule="touching")], cells)
+    with pytest.raises(ConfigError, match="range_rule"):
+        evaluate([claim(range_rule="overlap", value=1)], cells)
+
+
 def test_superiority_holm_over_primary_claims_secondary_unadjusted():
     rng = np.random.default_rng(1)
     base = 0.8 + rng.normal(0, 0.01, 4)

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from bench.config import ROOT, check_config, load_config, plan
+from tests.test_report import _need_pdflatex, _pdflatex, tex_with_inputs
+from tests.test_report_browser import assert_readable_in_browser
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +97,7 @@ def test_smoke_produces_results_tables_report_and_mlflow_runs(smoke_run):
         assert steps == [0, 1]
 
     page = (results / "report" / "report.html").read_text()
-    tex = (results / "report" / "report.tex").read_text()
+    tex = tex_with_inputs(results / "report" / "report.tex")
     assert "<img" in page and "data:image" in page
     assert "\\toprule" in tex and "\\includegraphics" in tex
     for run in runs:
@@ -117,6 +119,26 @@ def test_report_numbers_equal_the_csvs(smoke_run):
     for row in read_csv(tables / "summary.csv"):
         if row["metric"] in ("val_acc", "val_loss"):
             assert format_number(float(row["mean"])) in text
+
+
+def test_smoke_report_in_chromium_and_pdflatex(smoke_run, tmp_path, capsys):
+    """The smoke run's report, as a user opens it: the browser checks of
+    tests/test_report_browser.py, and the LaTeX document compiled twice without an overfull
+    box."""
+    work, _ = smoke_run
+    report_dir = work / "results" / "report"
+    png = tmp_path / "smoke-first-screen-1280x800.png"
+    assert_readable_in_browser(report_dir / "report.html", png)
+    with capsys.disabled():
+        print(f"\nsmoke report first screen (1280x800): {png}")
+    _need_pdflatex()
+    out = shutil.copytree(report_dir, tmp_path / "report")
+    for _ in range(2):
+        proc = _pdflatex(out / "report.tex")
+        assert proc.returncode == 0, proc.stdout[-3000:]
+    log = (out / "report.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log and "Rerun to get" not in log
+    assert "\\contentsline" in (out / "report.toc").read_text()
 
 
 def test_second_run_executes_nothing_and_comments_rerun_nothing(smoke_run):

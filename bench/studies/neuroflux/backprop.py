@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 class Backprop(Method):
     name = "backprop"
     metrics = ("batch_size", "lr_scale", "budget_mib", "profiling_s", "train_wall_s",
-               "profile_*", "modelled_batch_memory_mib")
+               "profile_*", "modelled_batch_memory_mib", "train_images", "device_data_mib")
     description = "end-to-end backprop at the largest batch that fits the memory budget"
     defaults: dict[str, Any] = {
         "slack": 0.05,

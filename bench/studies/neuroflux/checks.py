@@ -111,7 +111,11 @@ def _peak_row(r: Mapping[str, Any]) -> Check:
     return _row(r, "peak_within_budget", peak <= budget, f"{peak:.1f} MiB", expected, what)
 
 
-@register_checks(STUDY)
+CHECKS = ("two_blocks", "batch_non_decreasing", "first_block_batch", "blocks_vs_backprop",
+          "peak_within_budget")
+
+
+@register_checks(STUDY, *CHECKS)
 def checks(results: Sequence[Mapping[str, Any]]) -> Iterable[Check]:
     ok = [r for r in results if r.get("status") == "ok"]
     bp_batch: dict[tuple[str, ...], int] = {}

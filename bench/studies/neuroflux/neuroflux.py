@@ -109,7 +109,10 @@ class NeuroFlux(Method):
                "block_batch_sizes", "block_units", "block_memory_mib", "budget_mib",
                "head_filters", "profile_min_r2", "profile_warning", "augmented_blocks",
                "cache_storage", "profiling_s", "cache_s", "train_wall_s", "method_wall_s",
-               "head_acc_u*")
+               "head_acc_u*", "head_holdout_acc_u*", "exit_holdout_acc", "exit_selection_split",
+               "holdout_images", "train_images", "device_data_mib", "partition", "unit_bstar",
+               "first_block_bstar", "modelled_epoch_s_greedy", "modelled_epoch_s_optimal",
+               "cache_read_ns_per_byte", "resume_rebuild_s")
     description = "NeuroFlux: block-wise local learning with adaptive batches, heads and a cache"
     owns_loop = True
     defaults: dict[str, Any] = {

@@ -429,6 +429,19 @@ def test_tiny_neuroflux_cell_stays_within_its_budget(tmp_path):
     assert json.loads(out.read_text())["status"] == "ok"
 
 
+def test_tiny_neuroflux_cell_with_the_optimal_partition(tmp_path):
+    cfg = tiny_cell(tmp_path, method="neuroflux", epochs=1, **_study("2MiB", partition="optimal"))
+    result = run_cell(cfg, tmp_path / "result.json", tracker=None)
+    assert result["status"] == "ok", result["reason"]
+    f = result["final"]
+    assert f["partition"] == "optimal"
+    units = [tuple(map(int, u.split("-"))) for u in f["block_units"].split(",")]
+    assert units[0][0] == 1 and units[-1][1] == f["n_units"]
+    assert all(b[0] == a[1] + 1 for a, b in zip(units, units[1:]))  # contiguous
+    assert f["modelled_epoch_s_optimal"] <= f["modelled_epoch_s_greedy"] + 1e-12
+    assert len(result["history"]) == f["n_blocks"]
+
+
 def test_tiny_neuroflux_budget_too_small_names_the_unit(tmp_path):
     cfg = tiny_cell(tmp_path, method="neuroflux", **_study("1MiB"))
     with pytest.raises(BudgetError, match=r"unit \d+ \((stem|layer\d\.\d)\)"):
