@@ -180,6 +180,10 @@ class TraDyBase(Method):
     dynamic: ClassVar[bool] = True
     needs_budget: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {"train_bn": False, "save_selected_only": False}
+    metrics = ("weight_sparsity", "activation_sparsity", "wgrad_flops_saved",
+               "selected_channels", "mean_weight_sparsity", "mean_activation_sparsity",
+               "mean_wgrad_flops_saved", "mean_selected_channels", "selected_memory_units",
+               "selected_layers", "budget_units", "full_memory_units", "pool_channels")
 
     def __init__(self, options: dict[str, Any]) -> None:
         super().__init__(options)
