@@ -31,7 +31,10 @@ def _is_adaptive(r: Mapping[str, Any]) -> bool:
     return (r.get("config") or {}).get("method_impl") == ADAPTIVE
 
 
-@register_checks(STUDY)
+CHECKS = ("rest_fraction_in_range", "last_epoch_wake", "rule_rests_after_spikes")
+
+
+@register_checks(STUDY, *CHECKS)
 def checks(results: Sequence[Mapping[str, Any]]) -> list[Check]:
     out: list[Check] = []
     spike_groups: dict[tuple[str, str, str, str], Mapping[str, Any]] = {}
