@@ -46,31 +46,39 @@ def phase_timeline(t: StudyTables) -> list[Figure]:
         m = h[h["method"] == method]
         seeds = sorted(m["seed"].astype(int).unique())
         strip, trace = sub.subplots(2, 1, sharex=True, height_ratios=[1, 3])
-        raster = np.zeros((len(seeds), n_epochs))  # (seeds, epochs): 1 = REST
         for i, seed in enumerate(seeds):
             s = m[m["seed"].astype(int) == seed].sort_values("epoch")
-            raster[i, s.loc[s["phase"] == "rest", "epoch"].astype(int)] = 1.0
             epochs = s["epoch"].astype(int) + 1
+            rest = (s["phase"] == "rest").to_numpy()
+            strip.broken_barh([(e - 0.5, 1.0) for e in epochs[rest]], (i - 0.4, 0.8),
+                              color="0.45")
             alpha = 1.0 if i == 0 else 0.55
             if "grad_cv2" in s:  # v exists for WAKE epochs only: join those
                 v = pd.to_numeric(s["grad_cv2"], errors="coerce")
                 ok = v.notna()
                 trace.plot(epochs[ok], v[ok], color=t.colors[method], lw=1.2, marker="o", ms=2.5,
                            alpha=alpha)
-                if "next_rest" in s:  # the v that made the rule ask for REST
-                    asked = ok & (pd.to_numeric(s["next_rest"], errors="coerce") == 1)
-                    trace.plot(epochs[asked], v[asked], ls="none", marker="o", ms=7, mfc="none",
-                               mec="crimson", mew=1.2)
+                # v at or over the threshold: REST granted in the next epoch (ring), or refused by
+                # the rest cap, the buffer or the last-epoch rule (cross)
+                col = "rule_crossed" if "rule_crossed" in s else "next_rest"
+                if col in s:
+                    crossed = ok & (pd.to_numeric(s[col], errors="coerce") == 1)
+                    granted = crossed & np.append(rest[1:], False)
+                    trace.plot(epochs[granted], v[granted], ls="none", marker="o", ms=7,
+                               mfc="none", mec="crimson", mew=1.2)
+                    refused = crossed & ~granted
+                    trace.plot(epochs[refused], v[refused], ls="none", marker="x", ms=7,
+                               color="0.35", mew=1.2)
             if "rest_threshold" in s:  # the trailing threshold each v was compared with
                 thr = pd.to_numeric(s["rest_threshold"], errors="coerce")
                 ok = thr.notna()
                 trace.plot(epochs[ok], thr[ok], color="black", ls="--", lw=1, alpha=0.7 * alpha,
                            drawstyle="steps-mid")
-        strip.imshow(raster, aspect="auto", cmap="Greys", vmin=0, vmax=1.6,
-                     extent=(0.5, n_epochs + 0.5, len(seeds) - 0.5, -0.5),
-                     interpolation="nearest")
+        strip.set_ylim(len(seeds) - 0.5, -0.5)
+        strip.set_xlim(0.5, n_epochs + 0.5)
         strip.set_yticks(range(len(seeds)), [f"s{s}" for s in seeds])
         strip.set_title(f"{method}: REST epochs per seed (dark)", fontsize="medium")
+        strip.grid(False)
         trace.set_ylabel("v = CV² of grad norms")
         trace.set_xlabel("epoch")
         trace.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -79,7 +87,9 @@ def phase_timeline(t: StudyTables) -> list[Figure]:
                Line2D([], [], color="black", ls="--", lw=1,
                       label="trailing threshold\n(factor x median of v\nover previous WAKE epochs)"),
                Line2D([], [], ls="none", marker="o", ms=7, mfc="none", mec="crimson",
-                      label="rule asked for REST")]
+                      label="v >= threshold:\nREST next epoch"),
+               Line2D([], [], ls="none", marker="x", ms=7, color="0.35",
+                      label="v >= threshold, REST refused\n(2 in 10 cap, buffer, last epoch)")]
     fig.legend(handles=handles, loc="outside right upper")
     fig.suptitle(f"{t.study.name}: WAKE/REST phases and the gradient-variance trace")
     caption = ("Per Rest-Wake method: the strip marks each seed's REST epochs (weights consolidated "
@@ -87,10 +97,10 @@ def phase_timeline(t: StudyTables) -> list[Figure]:
                "each seed's v_t, the squared coefficient of variation of the epoch's minibatch "
                "gradient norms (WAKE epochs only; the first seed opaque). For the adaptive "
                "variant the dashed line is the threshold each v was compared with (factor x the "
-               "median of v over the previous WAKE epochs, as configured), and a red ring marks a "
-               "v at or above it that made the rule ask for REST in the next epoch (granted "
-               "unless the buffer, the rest cap or the last-epoch rule forbids it). The "
-               "original variant rests on its fixed schedule; the last epoch is always WAKE.")
+               "median of v over the previous WAKE epochs, as configured); a v at or above it is "
+               "ringed when the next epoch rested and crossed when the rest was refused (at "
+               "most 2 RESTs in 10 epochs, too few snapshots, or the last epoch). The original "
+               "variant rests on its fixed schedule; the last epoch is always WAKE.")
     return [Figure("phases", title, caption, fig)]
 
 

@@ -62,6 +62,8 @@ class RestWakeImproved(RestWakeBase):
         return {"rest_reference": d.reference if d else None,
                 "rest_threshold": d.threshold if d else None,
                 "rule": d.why if d else "after rest",
+                # v reached the threshold (REST asked, or refused by the 2-in-10 cap)
+                "rule_crossed": (1.0 if d.why in ("crossed", "cap") else 0.0) if d else None,
                 "next_rest": 1.0 if self.next_phase == REST else 0.0}
 
     def state_dict(self) -> dict[str, Any]:
