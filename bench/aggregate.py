@@ -50,6 +50,7 @@ STATUSES = ("ok", "oom", "diverged", "skipped", "failed")
 FINAL_FIRST = ("val_acc", "val_loss", "train_loss", "train_acc")
 MEMORY_COLUMNS = (
     "param_mib", "activation_mib", "modelled_peak_mib", "peak_alloc_mib", "peak_reserved_mib",
+    "peak_train_mib", "peak_eval_mib",
 )  # fmt: skip
 COMPUTE_COLUMNS = (
     "forward_flops_per_image", "backward_flops_per_image", "weight_grad_flops_per_image",
@@ -61,7 +62,8 @@ CELLS_TAIL = (*MEMORY_COLUMNS, *COMPUTE_COLUMNS, *TIMING_COLUMNS)
 HISTORY_HEAD = (*AXES, "epoch", "phase")
 HISTORY_FIRST = (
     "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "train_images_per_s",
-    "peak_alloc_mib", "peak_reserved_mib", "activation_mib", "modelled_peak_mib",
+    "peak_alloc_mib", "peak_reserved_mib", "peak_train_mib", "peak_eval_mib", "activation_mib",
+    "modelled_peak_mib",
 )  # fmt: skip
 
 SUMMARY_COLUMNS = ("study", "method", *GROUP, "metric", "mean", "std", "ci_low", "ci_high", "n")

@@ -365,7 +365,8 @@ def path_problems(cfg: dict) -> list[str]:
 CORE_METRICS = (
     "val_acc", "val_loss", "train_loss", "train_acc", "epochs", "sym_kl", "fgsm_acc", "pgd_acc",
     "param_mib", "grad_mib", "optimizer_state_mib", "activation_mib", "method_buffer_mib",
-    "modelled_peak_mib", "peak_alloc_mib", "peak_reserved_mib", "forward_flops_per_image",
+    "modelled_peak_mib", "peak_alloc_mib", "peak_reserved_mib", "peak_train_mib", "peak_eval_mib",
+    "resident_data_mib", "forward_flops_per_image",
     "backward_flops_per_image", "weight_grad_flops_per_image", "params", "train_images_per_s",
     "eval_images_per_s", "train_s", "eval_s", "total_s", "speedup_vs_reference",
 )  # fmt: skip

@@ -73,8 +73,10 @@ MEMORY_METRICS = (
     "modelled_peak_mib",
     "peak_alloc_mib",
     "peak_reserved_mib",
+    "peak_train_mib",
+    "peak_eval_mib",
 )
-ACCELERATOR_METRICS = ("peak_alloc_mib", "peak_reserved_mib")
+ACCELERATOR_METRICS = ("peak_alloc_mib", "peak_reserved_mib", "peak_train_mib", "peak_eval_mib")
 NOT_MEASURED = "not measured on this device"
 
 # Columns read as text, never as numbers: a config hash of twelve digits or a budget of `27946`
@@ -916,7 +918,9 @@ def memory_table(t: StudyTables) -> Table | None:
         caption=(
             "Memory per group, metric and method in MiB (2^20 bytes): mean, sample std, min, "
             "max over n seeds. param/activation/modelled_peak are device-independent counts; "
-            "peak_alloc/peak_reserved are the accelerator's measured peaks."
+            "peak_alloc/peak_reserved are the accelerator's measured peaks of the epoch; "
+            "peak_train (training steps) and peak_eval (evaluation pass) exclude the "
+            "device-resident dataset, as a paper's process keeping its data on the host."
         ),
         columns=cols,
         groups=groups,

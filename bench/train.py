@@ -163,6 +163,12 @@ class Run:
         self.timing["eval_images"] += len(self.data.val_y)
         return out
 
+    @property
+    def resident_data_bytes(self) -> int:
+        """Bytes of the dataset splits held on the training device (not in a paper's peak)."""
+        d = self.data
+        return measure.resident_bytes([d.train_x, d.train_y, d.val_x, d.val_y], self.device)
+
     def modelled_peak_mib(self, activation_bytes: int | None) -> float:
         """Params + grads + optimizer state + saved activations + method buffers, in MiB."""
         total = (measure.param_bytes(self.model) + measure.grad_bytes(self.model)
@@ -179,6 +185,10 @@ class Run:
             self.status, self.reason = "diverged", f"train loss became {loss} in epoch {self.epoch}"
         self.epoch += 1
         self.on_epoch(self, record)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else max(a, b)
 
 
 def lr_factor(train: dict[str, Any], epochs: int, progress: float) -> float:
@@ -284,9 +294,14 @@ def fit(run: Run) -> None:
         stats: dict[str, Any] = {}
         if run.method.steps_in(phase):
             stats = train_one_epoch(run, epoch)
+        train_alloc, train_reserved = peak.stop()  # the phase's own work + the training steps
         run.grad_stats = run.grad_tracker.finish() if run.grad_tracker is not None else {}
+        peak.start()
         val = run.evaluate()
-        peak_alloc, peak_reserved = peak.stop()  # adversarial evaluation stays outside the peak
+        eval_alloc, eval_reserved = peak.stop()  # adversarial evaluation stays outside the peaks
+        peak_alloc, peak_reserved = _max(train_alloc, eval_alloc), _max(train_reserved,
+                                                                         eval_reserved)
+        resident = run.resident_data_bytes
         extra: dict[str, Any] = {}
         if before is not None:
             extra["elasticity"] = metrics.elasticity(before, run.model.parameters())
@@ -308,6 +323,9 @@ def fit(run: Run) -> None:
             "train_images_per_s": stats.get("train_images_per_s"),
             "peak_alloc_mib": peak_alloc,
             "peak_reserved_mib": peak_reserved,
+            # paper-comparable: without the device-resident dataset, evaluation measured apart
+            "peak_train_mib": measure.without_resident(train_alloc, resident),
+            "peak_eval_mib": measure.without_resident(eval_alloc, resident),
             "activation_mib": act / measure.MIB if act is not None else None,
             # an epoch without steps (a rest phase) keeps no activations for backward
             "modelled_peak_mib": run.modelled_peak_mib(act),
@@ -825,6 +843,9 @@ def _memory(run: Run) -> dict[str, Any]:
         "modelled_peak_mib": peak("modelled_peak_mib"),
         "peak_alloc_mib": peak("peak_alloc_mib"),
         "peak_reserved_mib": peak("peak_reserved_mib"),
+        "peak_train_mib": peak("peak_train_mib"),
+        "peak_eval_mib": peak("peak_eval_mib"),
+        "resident_data_mib": run.resident_data_bytes / measure.MIB,
         "batch_size": run.cfg["train"]["batch_size"],
     }
 

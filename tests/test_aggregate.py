@@ -168,7 +168,7 @@ def test_every_table_has_the_contract_columns(tmp_path):
         "config_hash", "mlflow_run_id", "epochs",
         "val_acc", "val_loss", "train_loss", "train_acc", "kl_sym", "rest_epochs",
         "param_mib", "activation_mib", "modelled_peak_mib", "peak_alloc_mib", "peak_reserved_mib",
-        "forward_flops_per_image", "backward_flops_per_image", "weight_grad_flops_per_image",
+        "peak_train_mib", "peak_eval_mib", "forward_flops_per_image", "backward_flops_per_image", "weight_grad_flops_per_image",
         "train_images_per_s", "eval_images_per_s", "train_s", "total_s",
     ]  # fmt: skip
     assert list(t["history"].columns) == [

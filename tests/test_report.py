@@ -113,6 +113,7 @@ def write_study_tables(
                          "val_acc": acc, "lr": 0.05,
                          "epoch_s": 3.1, "train_images_per_s": 460.0 + seed,
                          "peak_alloc_mib": peak, "peak_reserved_mib": peak and peak + 2,
+                         "peak_train_mib": peak and peak - 5, "peak_eval_mib": peak and peak - 9,
                          "activation_mib": activation, "modelled_peak_mib": modelled}
                     )  # fmt: skip
                 final = history[-1] if not failed else None
@@ -128,6 +129,7 @@ def write_study_tables(
                      "train_acc": final and final["train_acc"],
                      "param_mib": 2.7, "activation_mib": activation, "modelled_peak_mib": modelled,
                      "peak_alloc_mib": peak, "peak_reserved_mib": peak and peak + 2,
+                     "peak_train_mib": peak and peak - 5, "peak_eval_mib": peak and peak - 9,
                      "forward_flops_per_image": 1.1e7, "backward_flops_per_image": 2.2e7,
                      "weight_grad_flops_per_image": 1.1e7, "train_images_per_s": 480.0,
                      "eval_images_per_s": 3000.0, "train_s": 15.0, "total_s": 18.0}
@@ -135,8 +137,8 @@ def write_study_tables(
     cells_df, history_df = pd.DataFrame(cells), pd.DataFrame(history)
     if not accelerator:  # CPU: the columns exist, every value empty
         for df in (cells_df, history_df):
-            df["peak_alloc_mib"] = np.nan
-            df["peak_reserved_mib"] = np.nan
+            for col in report.ACCELERATOR_METRICS:
+                df[col] = np.nan
     cells_df.to_csv(tables_dir / "cells.csv", index=False)
     history_df.to_csv(tables_dir / "history.csv", index=False)
 
@@ -684,7 +686,8 @@ def test_html_memory_table_and_cpu_note(built):
             format_number(r[c]) for c in ("mean", "std", "min", "max", "n")
         ]
     text = built["paths"]["html"].read_text(encoding="utf-8")
-    assert "peak_alloc_mib, peak_reserved_mib: not measured on this device" in text
+    assert ("peak_alloc_mib, peak_reserved_mib, peak_train_mib, peak_eval_mib: not measured on "
+            "this device") in text
 
 
 def test_html_cells_run_ids_status_and_header(built):
@@ -927,7 +930,7 @@ def test_missing_optional_tables_and_no_claims(tmp_path):
     tables = write_study_tables(tmp_path / "tables", claims=False)
     for name in ("paired_tests", "memory_summary", "summary"):
         (tables / f"{name}.csv").unlink()
-    hist = pd.read_csv(tables / "history.csv").drop(columns=["peak_alloc_mib", "peak_reserved_mib"])
+    hist = pd.read_csv(tables / "history.csv").drop(columns=list(report.ACCELERATOR_METRICS))
     hist.to_csv(tables / "history.csv", index=False)
     paths = build_report([study_input(tables)], tmp_path / "out", PROVENANCE)
     text = paths["html"].read_text(encoding="utf-8")

@@ -234,7 +234,7 @@ def test_restwake_section_phases_claims_and_paper_checks(smoke_run):
     # inconsistencies are flagged (std 52.34 vs 54.41; p = 0.0919 vs ~0.62-0.64)
     checks = read_csv(tables / "paper_checks.csv")
     bad = {(c["claim_id"], c["check"]) for c in checks if c["consistent"] == "False"}
-    assert ("sgd_peak_alloc_mib", "std (ddof=1)") in bad
+    assert ("sgd_peak_train_mib", "std (ddof=1)") in bad
     assert ("restwake_improved_equivalent_to_sgd_val_acc", "p (paired t-test)") in bad
     # "comparable adversarial robustness" is contradicted by the paper's own FGSM runs
     assert ("restwake_original_comparable_fgsm_to_sgd", "equivalence on the paper's own runs") in bad
