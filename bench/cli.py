@@ -255,8 +255,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_rank_layers(args: argparse.Namespace) -> int:
-    import bench.studies  # noqa: F401  (studies register their upstream stages)
+    import bench.studies
     from bench.pretrain import UPSTREAM_STAGES
+
+    bench.studies.load()  # the studies register their upstream stages
 
     spec = _read_json_arg(args.spec, "--spec")
     ranking = UPSTREAM_STAGES.get("rank_layers")(spec, Path(args.out), threads=args.threads or 1, device=args.device)
