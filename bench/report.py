@@ -67,9 +67,10 @@ NOT_MEASURED = "not measured on this device"
 # is a name, and `none`/`NA` are values, not missing.
 TEXT_COLUMNS = frozenset(
     {
-        "study", "method", "reference", "model", "dataset", "budget", "status", "reason",
-        "config_hash", "mlflow_run_id", "phase", "metric", "claim_id", "description", "source",
-        "verdict", "check", "note",
+        "study", "method", "reference", "versus", "model", "dataset", "budget", "status",
+        "reason", "config_hash", "mlflow_run_id", "phase", "metric", "claim_id", "description",
+        "source", "verdict", "check", "note", "kind", "scope", "endpoint", "test",
+        "margin_origin",
     }
 )  # fmt: skip
 
@@ -497,10 +498,14 @@ def summary_table(t: StudyTables) -> Table | None:
 
 
 def family_size(paired: pd.DataFrame) -> int:
-    """K: the number of tested comparisons of a study, the family of the Holm correction."""
+    """K: the number of tested primary comparisons of a study, the family of the Holm
+    correction (every tested row when the table has no endpoint column)."""
     if paired.empty or "status" not in paired:
         return 0
-    return int((paired["status"] == "tested").sum())
+    tested = paired["status"] == "tested"
+    if "endpoint" in paired:
+        tested &= paired["endpoint"] == "primary"
+    return int(tested.sum())
 
 
 def paired_table(t: StudyTables) -> Table | None:
@@ -508,10 +513,11 @@ def paired_table(t: StudyTables) -> Table | None:
     if df.empty:
         return None
     k = family_size(df)
-    refs = _order(df.get("reference", []), [t.study.reference])
+    refs = _order(df.get("versus", []), [t.study.reference])
     ref_text = ", ".join(refs) or t.study.reference
     cols = [
-        Column("method"), Column("metric"), Column("n pairs", "r"), Column("mean diff", "r"),
+        Column("method"), Column("versus"), Column("metric"), Column("n pairs", "r"),
+        Column("mean diff", "r"),
         Column("95% CI of diff", "r"), Column("t", "r", latex_label="$t$"),
         Column("p", "r", latex_label="$p$"), Column("p (Holm)", "r", latex_label="$p$ (Holm)"),
         Column("d_z", "r", latex_label="$d_z$"), Column("status"),
@@ -523,7 +529,7 @@ def paired_table(t: StudyTables) -> Table | None:
             status = _get(r, "status")
             rows.append(
                 [
-                    Cell(_get(r, "method")), Cell(_get(r, "metric")),
+                    Cell(_get(r, "method")), Cell(_get(r, "versus")), Cell(_get(r, "metric")),
                     Cell(_get(r, "n_pairs"), "int"), Cell(_get(r, "mean_diff"), "num"),
                     Cell((_get(r, "diff_ci_low"), _get(r, "diff_ci_high")), "ci"),
                     Cell(_get(r, "t"), "num"), Cell(_get(r, "p"), "p"),
@@ -533,11 +539,12 @@ def paired_table(t: StudyTables) -> Table | None:
             )
         groups.append(Group(group_label(*key), rows))
     caption = (
-        f"Each method against the reference ({ref_text}): paired t-test (scipy.stats.ttest_rel) "
-        "on the difference method − reference, paired on seed index; mean difference with its "
-        "95% t-interval; d_z = mean difference / standard deviation of the differences. "
-        f"Holm correction across the study's family of K = {k} tested comparisons "
-        f"(every tested method × metric × group of study {t.study.name}). "
+        f"Each method against the reference ({ref_text}) and every comparison the study or its "
+        "claims declare: paired t-test (scipy.stats.ttest_rel) on the difference method − "
+        "versus, paired on seed index; mean difference with its 95% t-interval; d_z = mean "
+        "difference / standard deviation of the differences. "
+        f"Holm correction across the study's family of K = {k} tested comparisons of its "
+        f"primary endpoints (study {t.study.name}); secondary endpoints are unadjusted. "
         "With fewer than 3 pairs a comparison is not testable and has no p-value."
     )
     return Table(id=f"paired-{slug(t.study.name)}", caption=caption, columns=cols, groups=groups)
@@ -594,13 +601,22 @@ def memory_table(t: StudyTables) -> Table | None:
     )
 
 
-def _verdict_css(verdict: Any) -> str:
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "withheld", "not testable")
+
+
+def _verdict_kind(verdict: Any) -> str:
+    """The verdict's category (bench.claims): its text up to the parenthesis."""
     text = "" if _is_missing(verdict) else str(verdict)
-    if text.startswith("reproduced"):
-        return "verdict-yes"
-    if text.startswith("not reproduced"):
-        return "verdict-no"
-    return "verdict-na"
+    for v in VERDICTS:
+        if text.startswith(v):
+            return v
+    return "not testable"
+
+
+def _verdict_css(verdict: Any) -> str:
+    return {"reproduced": "verdict-yes", "contradicted": "verdict-no"}.get(
+        _verdict_kind(verdict), "verdict-na"
+    )
 
 
 def claims_table(t: StudyTables) -> Table | None:
@@ -608,36 +624,50 @@ def claims_table(t: StudyTables) -> Table | None:
     if df.empty:
         return None
     cols = [
-        Column("claim"), Column("description", latex=False), Column("method"),
-        Column("metric"), Column("group", latex=False),
+        Column("claim"), Column("description", latex=False), Column("kind", latex=False),
+        Column("comparison", latex=False), Column("metric", latex=False),
+        Column("group", latex=False),
         Column("paper value", "r", latex_label="paper"),
         Column("paper range", "r", latex_label="range"),
-        Column("reproduced", "r", latex_label="repr."), Column("n", "r"),
-        Column("difference", "r", latex_label="diff."),
-        Column("tolerance", "r", latex_label="tol."),
-        Column("verdict", latex_spec=RAGGED + "{2.6cm}"),
-        Column("source", latex=False),
+        Column("margin", "r", latex_label="$\\pm$"),
+        Column("estimate", "r", latex_label="est."),
+        Column("90% CI", "r", latex=False),
+        Column("p", "r", latex=False), Column("p (Holm)", "r", latex=False),
+        Column("n", "r"),
+        Column("verdict", latex_spec=RAGGED + "{3.2cm}"),
+        Column("reason", latex=False), Column("source", latex=False),
     ]  # fmt: skip
     rows = []
     for _, r in df.iterrows():
         parts = [_get(r, k) for k in GROUP_KEYS]
         group = " / ".join(format_value(p) for p in parts)
         verdict = _get(r, "verdict")
+        kind = " ".join(format_value(_get(r, k)) for k in ("scope", "kind") if not _is_missing(
+            _get(r, k)))
+        comparison = format_value(_get(r, "method"))
+        if not _is_missing(_get(r, "versus")):
+            comparison += " − " + format_value(_get(r, "versus"))
         rows.append(
             [
-                Cell(_get(r, "claim_id")), Cell(_get(r, "description")), Cell(_get(r, "method")),
-                Cell(_get(r, "metric")), Cell(group), Cell(_get(r, "paper_value"), "num"),
+                Cell(_get(r, "claim_id")), Cell(_get(r, "description")), Cell(kind),
+                Cell(comparison), Cell(_get(r, "metric")), Cell(group),
+                Cell(_get(r, "paper_value"), "num"),
                 Cell((_get(r, "paper_low"), _get(r, "paper_high")), "ci"),
-                Cell(_get(r, "reproduced"), "num"), Cell(_get(r, "n"), "int"),
-                Cell(_get(r, "difference"), "num"), Cell(_get(r, "tolerance"), "num"),
-                Cell(verdict, css=_verdict_css(verdict)), Cell(_get(r, "source")),
+                Cell(_get(r, "margin"), "num"), Cell(_get(r, "estimate"), "num"),
+                Cell((_get(r, "ci_low"), _get(r, "ci_high")), "ci"),
+                Cell(_get(r, "p"), "p"), Cell(_get(r, "p_holm"), "p"), Cell(_get(r, "n"), "int"),
+                Cell(verdict, css=_verdict_css(verdict)), Cell(_get(r, "reason")),
+                Cell(_get(r, "source")),
             ]  # fmt: skip
         )
     return Table(
         id=f"claims-{slug(t.study.name)}",
         caption=(
-            "The paper's claims beside the reproduction: difference = reproduced − paper value "
-            "(or distance to the paper's range), verdict 'reproduced' when within tolerance."
+            "The paper's claims, one row per claim and group (docs/statistics.md): estimate = "
+            "the reproduced mean (value, range) or seed-paired mean difference method − versus; "
+            "reproduced = its 90% CI inside the paper's value ± margin (TOST; superiority: "
+            "one-sided paired test, Holm over the primary claims); contradicted = the 95% CI "
+            "wholly outside; otherwise inconclusive, with the seeds a decision would need."
         ),
         columns=cols,
         groups=[Group("", rows)],
@@ -1194,14 +1224,10 @@ def _grid(c: pd.DataFrame, methods: list[str]) -> list[tuple[str, int, str]]:
 
 
 def _verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
-    counts = {"reproduced": 0, "not reproduced": 0, "not testable": 0}
+    counts = dict.fromkeys(VERDICTS, 0)
     if "verdict" in claims:
         for v in claims["verdict"]:
-            css = _verdict_css(v)
-            key = {"verdict-yes": "reproduced", "verdict-no": "not reproduced"}.get(
-                css, "not testable"
-            )
-            counts[key] += 1
+            counts[_verdict_kind(v)] += 1
     return counts
 
 

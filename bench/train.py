@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import socket
 import subprocess
@@ -32,11 +33,17 @@ from bench.data import DatasetSplits, DeviceLoader, load_dataset
 from bench.methods import METHODS
 from bench.methods.base import Method
 from bench.models import build_model
-from bench.tracking import TrackingError, brief_error
+from bench.tracking import TrackingError, brief_error, prepared_dataset, source_tags
 
 SCHEMA_VERSION = 1
 NAN_CHECK_EVERY = 50  # steps between divergence checks (each one syncs the device)
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines within an epoch
+# Where a cell ran, beyond its resolved config, shapes a CPU result: torch splits reductions by
+# thread count (one digits cell: val_acc 0.3167 with 1 thread, 0.3083 with 2) and another
+# device runs other kernels. Not hashed (the plan cannot know the device `auto` resolves to on
+# a node, nor the threads Snakemake grants under --cores): a checkpoint records them and a
+# resume under others starts the cell over (a new MLflow run; the old one is superseded).
+ENVIRONMENT_KEYS = ("threads", "device", "device_name")
 
 
 def log(msg: str) -> None:
@@ -154,9 +161,14 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
     clock_start: float | None = None
     timed_images = 0
     last_print = time.perf_counter()
+    # BatchNorm cannot normalise a batch of one image whose features are 1x1 (one value per
+    # channel): a last batch of one is skipped, as `drop_last` would (one image of the epoch)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     measure.sync(device)
     epoch_start = time.perf_counter()
     for step, (inputs, targets) in enumerate(run.train_loader):
+        if has_bn and targets.shape[0] == 1 and step > 0:
+            continue
         run.set_lr(epoch + step / n_steps)
         if step == 0:
             out: dict[str, Any] = {}
@@ -351,8 +363,9 @@ def is_oom(err: BaseException) -> bool:
 class Checkpoint:
     """`checkpoint.pt` beside the result: written atomically at every epoch boundary."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, environment: dict[str, Any] | None = None) -> None:
         self.path = out_dir / "checkpoint.pt"
+        self.environment = environment  # ENVIRONMENT_KEYS of the session that saves
 
     def save(self, run: Run, tracking: dict[str, Any]) -> None:
         state = {
@@ -365,6 +378,7 @@ class Checkpoint:
             "timing": run.timing,
             "static": run.static,
             "tracking": tracking,
+            "environment": self.environment,
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "method": run.method.state_dict(),
@@ -375,14 +389,28 @@ class Checkpoint:
         atomic_torch_save(self.path, state)
 
     def load(self, expected_hash: str) -> dict[str, Any] | None:
-        """The saved state, or None (no checkpoint, another config, or an unreadable file)."""
+        """The saved state, or None (no checkpoint, another config, or an unreadable file).
+
+        `weights_only=True`: only tensors and plain data (dicts, lists, numbers, strings) are
+        unpickled. A results folder may sit on a shared file system, and a planted
+        checkpoint.pt must not run code: one holding anything else is refused, unread."""
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log(f"checkpoint {self.path} is refused: it holds objects other than tensors and "
+                f"plain data, and loading it could run code ({first[:300]}); starting the cell "
+                f"from scratch")
+            return None
         except Exception as e:  # noqa: BLE001 - a truncated/corrupted file: start again
             log(f"checkpoint {self.path} is unreadable ({type(e).__name__}: {e}); "
                 f"starting the cell from scratch")
+            return None
+        if not isinstance(state, dict):
+            log(f"checkpoint {self.path} is unreadable (not a checkpoint); starting the cell "
+                f"from scratch")
             return None
         if state.get("config_hash") != expected_hash:
             log(f"checkpoint {self.path} belongs to another config "
@@ -481,9 +509,9 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         if tracker is None:
             return
         tags = {**{f"axis.{k}": str(v) for k, v in cell.axes().items()},
-                "config_hash": chash, "memrepro.version": "1"}
+                "config_hash": chash, "memrepro.version": "1", **source_tags(prov)}
         exp_id, run_id = tracker.call("start the cell's MLflow run", tracker.start_cell,
-                                      cfg["study"], cell.cell_id, tags, cfg)
+                                      cfg["study"], cell.cell_id, tags, cfg, resumed_run)
         if resumed_run and resumed_run != run_id:
             log(f"note: checkpoint named MLflow run {resumed_run}, the store has {run_id}")
         tracking.update(tracking_uri=tracker.uri, experiment_id=exp_id, run_id=run_id)
@@ -500,7 +528,8 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         log(f"skipped: {why}")
         return result
 
-    checkpoint = Checkpoint(out_dir)
+    environment = {k: prov[k] for k in ENVIRONMENT_KEYS}
+    checkpoint = Checkpoint(out_dir, environment)
     mirror: _EpochMirror | None = None
     run: Run | None = None
     resumed_from: int | None = None
@@ -509,12 +538,19 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         run = build_run(cfg, out_dir, device)
         run.method.setup(run)
         state = checkpoint.load(chash)
+        if state is not None and state.get("environment") != environment:
+            log(f"checkpoint {checkpoint.path} was written with {state.get('environment')}, "
+                f"this session runs with {environment}: starting the cell from scratch "
+                f"(threads and device change a CPU result)")
+            state = None
         if state is not None:
             checkpoint.restore(run, state)
             resumed_from = run.epoch
             log(f"resuming from the checkpoint after epoch {run.epoch} of {run.epochs}")
         start_tracking(state["tracking"]["run_id"] if state else None)
         if tracker is not None:
+            tracker.call("name the run's dataset", tracker.log_dataset, tracking["run_id"],
+                         prepared_dataset(cfg["dataset"], run.data, cfg["data_root"]))
             mirror = _EpochMirror(tracker, tracking["run_id"])
             if run.history:  # epochs a previous session may not have logged
                 mirror.catch_up(run.history)
@@ -660,6 +696,7 @@ def _publish(result: dict[str, Any], out_path: Path, tracker: Any | None,
         atomic_write_json(staged, result)
 
         def close_run() -> None:
+            tracker.log_result(tracking["run_id"], result)  # final values, as latest metrics
             tracker.client.log_dict(tracking["run_id"], cfg, "config.json")
             tracker.finish(tracking["run_id"], status, [staged])
 

@@ -21,6 +21,7 @@ import pytest
 from scipy import stats
 
 from bench import report
+from bench.claims import CLAIMS_COLUMNS
 from bench.errors import BenchError
 from bench.report import (
     Figure,
@@ -164,10 +165,11 @@ def write_study_tables(
                 b = sel[sel["method"] == REFERENCE].set_index("seed")[metric]
                 common = a.index.intersection(b.index)
                 d = (a[common] - b[common]).to_numpy(float)
-                row = {"study": study, "method": method, "reference": REFERENCE, "model": MODEL,
+                row = {"study": study, "method": method, "versus": REFERENCE, "model": MODEL,
                        "dataset": DATASET, "budget": budget, "metric": metric,
-                       "n_pairs": len(d), "mean_method": a[common].mean(),
-                       "mean_reference": b[common].mean(), "mean_diff": d.mean()}  # fmt: skip
+                       "endpoint": "primary", "n_pairs": len(d),
+                       "mean_method": a[common].mean(), "mean_versus": b[common].mean(),
+                       "mean_diff": d.mean()}  # fmt: skip
                 if len(d) >= 3:
                     res = stats.ttest_rel(a[common], b[common])
                     low, high = _t_interval(d)
@@ -182,33 +184,34 @@ def write_study_tables(
     if tested.any():
         paired_df.loc[tested, "p_holm"] = _holm(paired_df.loc[tested, "p"].tolist())
     paired_df = paired_df.reindex(
-        columns=["study", "method", "reference", "model", "dataset", "budget", "metric", "n_pairs",
-                 "mean_method", "mean_reference", "mean_diff", "diff_ci_low", "diff_ci_high",
-                 "t", "p", "p_holm", "d_z", "status"]  # fmt: skip
+        columns=["study", "method", "versus", "model", "dataset", "budget", "metric", "endpoint",
+                 "n_pairs", "mean_method", "mean_versus", "mean_diff", "diff_ci_low",
+                 "diff_ci_high", "t", "p", "p_holm", "d_z", "status"]  # fmt: skip
     )
     paired_df.to_csv(tables_dir / "paired_tests.csv", index=False)
 
-    claim_cols = ["claim_id", "description", "source", "method", "metric", "model", "dataset",
-                  "budget", "paper_value", "paper_low", "paper_high", "reproduced", "n",
-                  "difference", "tolerance", "verdict"]  # fmt: skip
+    claim_cols = list(CLAIMS_COLUMNS)
     check_cols = ["claim_id", "check", "stated", "recomputed", "consistent", "note"]
     if claims:
         m1 = ok[ok["method"] == methods[1]]["val_acc"]
         claim_rows = [
             {"claim_id": "acc_50ep", "description": "RestWake reaches ~83% & beats SGD",
-             "source": "Table 2, row 3 (p. 7)", "method": methods[1], "metric": "val_acc",
-             "model": MODEL, "dataset": DATASET, "budget": budgets[0], "paper_value": 0.83,
-             "reproduced": m1.mean(), "n": len(m1), "difference": m1.mean() - 0.83,
-             "tolerance": 0.02, "verdict": "reproduced"},
+             "source": "Table 2, row 3 (p. 7)", "kind": "value", "scope": "thesis",
+             "method": methods[1], "metric": "val_acc", "model": MODEL, "dataset": DATASET,
+             "budget": budgets[0], "paper_value": 0.83, "margin": 0.02,
+             "margin_origin": "explicit: a test", "estimate": m1.mean(), "ci_low": 0.82,
+             "ci_high": 0.84, "test": "TOST", "p": 0.01, "n": len(m1),
+             "verdict": "reproduced", "reason": "90% CI inside the band"},
             {"claim_id": "mem_range", "description": "peak memory 430-490 MB",
-             "source": "Section 4.2", "method": methods[1], "metric": "modelled_peak_mib",
-             "model": MODEL, "dataset": DATASET, "budget": budgets[0], "paper_low": 430.0,
-             "paper_high": 490.0, "reproduced": 16.1, "n": 3, "difference": -413.9,
-             "tolerance": 0.1, "verdict": "not reproduced"},
+             "source": "Section 4.2", "kind": "range", "scope": "thesis", "method": methods[1],
+             "metric": "modelled_peak_mib", "model": MODEL, "dataset": DATASET,
+             "budget": budgets[0], "paper_low": 430.0, "paper_high": 490.0, "margin": 0.0,
+             "estimate": 16.1, "ci_low": 15.0, "ci_high": 17.0, "n": 3,
+             "verdict": "contradicted", "reason": "95% CI wholly below the band"},
             {"claim_id": "cifar_acc", "description": "CIFAR-10 accuracy", "source": "Table 1",
-             "method": methods[1], "metric": "val_acc", "model": MODEL, "dataset": "cifar10",
-             "budget": "none", "paper_value": 0.912, "n": 0, "tolerance": 0.02,
-             "verdict": "not testable (no cells for dataset cifar10)"},
+             "kind": "value", "scope": "paper", "method": methods[1], "metric": "val_acc",
+             "model": MODEL, "dataset": "cifar10", "budget": "none", "paper_value": 0.912,
+             "n": 0, "margin": 0.02, "verdict": "not testable (no cells for dataset cifar10)"},
         ]  # fmt: skip
         pd.DataFrame(claim_rows, columns=claim_cols).to_csv(tables_dir / "claims.csv", index=False)
         checks = [
@@ -438,14 +441,14 @@ def test_html_claims_and_paper_checks(built):
     for _, r in claims.iterrows():
         row = find_row(table, claim=r["claim_id"])
         assert row["paper value"] == format_number(r["paper_value"])
-        assert row["reproduced"] == format_number(r["reproduced"])
+        assert row["estimate"] == format_number(r["estimate"])
         assert row["verdict"] == r["verdict"]
         assert row["source"] == r["source"]
     assert find_row(table, claim="mem_range")["paper range"] == "[430, 490]"
     assert find_row(table, claim="acc_50ep")["description"] == "RestWake reaches ~83% & beats SGD"
     overview = find_row(built["html"].tables["overview"], study=STUDY)
-    verdicts = ("claims reproduced", "not reproduced", "not testable")
-    assert [overview[k] for k in verdicts] == ["1", "1", "1"]
+    verdicts = ("claims reproduced", "contradicted", "inconclusive", "not testable")
+    assert [overview[k] for k in verdicts] == ["1", "1", "0", "1"]
     assert (overview["cells"], overview["ok"], overview["not ok"]) == ("9", "8", "1")
     checks = built["html"].tables[f"checks-{report.slug(STUDY)}"]
     row = find_row(checks, claim="p_value")

@@ -56,6 +56,8 @@ class SparsityMethod(Method):
     """TopK after the residual blocks' ReLUs, keep ratio from a per-epoch controller."""
 
     defaults: dict[str, Any] = dict(COMMON_DEFAULTS)
+    metrics = ("mean_keep_ratio", "mean_effective_activation_rate", "keep_ratio_resets",
+               "acc_at_r*")
 
     @classmethod
     def resolve_options(cls, options: dict[str, Any] | None) -> dict[str, Any]:

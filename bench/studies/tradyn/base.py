@@ -206,6 +206,12 @@ class TraDyBase(Method):
     needs_budget: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {"train_bn": False, "save_selected_only": False,
                                           "fill": "skip"}
+    metrics = ("weight_sparsity", "activation_sparsity", "wgrad_flops_saved",
+               "selected_channels", "mean_weight_sparsity", "mean_activation_sparsity",
+               "mean_wgrad_flops_saved", "mean_selected_channels", "selected_memory_units",
+               "selected_layers", "budget_units", "full_memory_units", "pool_channels",
+               "mean_budget_utilisation", "min_budget_utilisation", "selection_mode",
+               "selection_rule", "selection_fill", "distinct_selections")
 
     def __init__(self, options: dict[str, Any]) -> None:
         super().__init__(options)

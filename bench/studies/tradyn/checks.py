@@ -92,7 +92,7 @@ def selecting(results: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
             and (r.get("final") or {}).get("selection_rule") is not None]
 
 
-@register_checks("tradyn")
+@register_checks("tradyn", "budget_used", "selection_dynamics")
 def checks(results: Sequence[Mapping[str, Any]]) -> list[Check]:
     cells = selecting(results)
     return [budget_used(r) for r in cells] + [selection_dynamics(r) for r in cells]

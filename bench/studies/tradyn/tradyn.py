@@ -58,6 +58,7 @@ class TraDyn(TraDyBase):
     dynamic = True
     defaults: dict[str, Any] = {**TraDyBase.defaults, "ranking": None}
     needs_ranking = True  # the workflow provides cfg["inputs"]["ranking"]
+    metrics = (*TraDyBase.metrics, "ranking_k", "conv_layers")
     test_study: dict[str, Any] = {"budgets": [TEST_BUDGET],
                                   "method_options": {"tradyn": {"ranking": "all"}}}
 
