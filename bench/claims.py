@@ -864,6 +864,13 @@ def evaluate_claims(
             continue
         margin, origin = claim_margin(c)
         base["margin"], base["margin_origin"] = margin, origin
+        if "precision" in getattr(cells, "columns", ()):  # a speed option was used somewhere
+            from bench.train import numerics_refusal
+
+            refusal = numerics_refusal(cells, str(c["metric"]))
+            if refusal:
+                rows.append(_not_testable(base, refusal))
+                continue
         groups, why = _claim_groups(c, idx, run_methods)
         if not groups:
             w = c.get("where") or {}

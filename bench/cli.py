@@ -1,7 +1,7 @@
 """`python -m bench <command>`: what every Snakemake rule calls, and what a user can call by hand.
 
     validate       check a config (schema, names, options) and print the plan's size
-    plan           list the cells of a config
+    plan           list the cells of a config; --estimate: profile them, project the cost
     prepare-data   load (and verify, or download) a dataset once before the fan-out
     init-tracking  create the MLflow store and one experiment per study
     train          run one cell and write its result.json
@@ -102,14 +102,31 @@ def _print_claims(cfg: dict[str, Any]) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bench.config import config_hash, plan, resolve_cell
+    from bench.config import CellResolver, config_hash, plan
 
     cfg = load_cli_config(args)
+    if args.estimate:
+        return _estimate(cfg, args)
+    resolver = CellResolver(cfg)
     for cell in plan(cfg, args.study):
         line = cell.cell_id
         if args.hash:
-            line += "  " + config_hash(resolve_cell(cfg, cell))
+            line += "  " + config_hash(resolver.resolve(cell))
         print(line)
+    return 0
+
+
+def _estimate(cfg: dict[str, Any], args: argparse.Namespace) -> int:
+    from bench.estimate import dumps, estimate, render
+
+    if args.study:
+        cfg = {**cfg, "studies": {args.study: cfg["studies"][args.study]}}
+    est = estimate(cfg, cores=args.cores, gpus=args.gpus, slots_per_gpu=args.slots_per_gpu,
+                   steps=args.steps, progress=lambda line: print(line, file=sys.stderr,
+                                                                 flush=True))
+    print(render(est, " ".join(args.configfile or ["config/config.yaml"])))
+    if args.json:
+        Path(args.json).write_text(dumps(est) + "\n")
     return 0
 
 
@@ -405,6 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s)
     s.add_argument("--study", default=None)
     s.add_argument("--hash", action="store_true", help="print each cell's config hash")
+    s.add_argument("--estimate", action="store_true",
+                   help="profile the grid on this device and project its cost (bench.estimate)")
+    s.add_argument("--cores", type=int, default=None,
+                   help="with --estimate: Snakemake's --cores (default: every core here)")
+    s.add_argument("--gpus", type=int, default=None,
+                   help="with --estimate: GPUs of the run (default: those here, for cuda)")
+    s.add_argument("--slots-per-gpu", type=int, default=None,
+                   help="with --estimate: cells sharing a GPU (default $MEMREPRO_SLOTS_PER_GPU "
+                        "or 1)")
+    s.add_argument("--steps", type=int, default=10,
+                   help="with --estimate: timed training steps per profile run (default 10)")
+    s.add_argument("--json", default=None, help="with --estimate: also write it as JSON here")
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("prepare-data", help="load/verify a dataset once before the fan-out")

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -27,7 +27,9 @@ from typing import Any
 
 import yaml
 
+from bench import registry
 from bench.errors import ConfigError
+from bench.registry import Catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "config" / "schema" / "config.schema.yaml"
@@ -184,7 +186,14 @@ def with_defaults(cfg: dict) -> dict:
 # ----------------------------------------------------------------------------- checking
 
 
+def catalog() -> Catalog:
+    """What checking and planning need to know about the registries; see `bench.registry.
+    Catalog` (answers from an index, so a check imports no torch once the index is warm)."""
+    return registry.catalog()
+
+
 def _registries() -> tuple[Any, Any, Any]:
+    """The live registries (imports torch and every study package)."""
     from bench.data import DATASETS
     from bench.methods import METHODS
     from bench.models import MODELS
@@ -212,7 +221,8 @@ def check_config(cfg: dict) -> dict:
         raise_problems(problems)
     validate_schema(cfg)
     cfg = with_defaults(cfg)
-    methods, models, datasets = _registries()
+    cat = catalog()
+    methods, models, datasets = cat.methods(), cat.models(), cat.datasets()
     problems += path_problems(cfg)
     for study, s in cfg["studies"].items():
         where = f"studies.{study}"
@@ -234,7 +244,7 @@ def check_config(cfg: dict) -> dict:
                 continue
             opts = deep_merge(variant_opts, (s.get("method_options") or {}).get(label, {}))
             try:
-                methods.get(impl).resolve_options(opts)
+                cat.resolve_method_options(impl, opts)
             except ConfigError as e:
                 problems.append(f"{where}.method_options.{label}: {e}")
         user_ckpt = (s.get("pretrain") or {}).get("checkpoint")
@@ -291,6 +301,7 @@ def check_config(cfg: dict) -> dict:
         if problems:
             continue  # the checks below build models and read options the ones above vetted
         problems += _component_problems(study, s)
+    cat.save()
     if problems:
         raise_problems(problems)
     return cfg
@@ -659,45 +670,130 @@ def ranking_path(cfg: dict, study: str, model: str, dataset: str) -> str:
     return f"{cfg['results']}/{study}/ranking/{model}/{dataset}/{spec_hash(spec)}.json"
 
 
+class CellResolver:
+    """Resolves the cells of one configuration, each part computed once.
+
+    What a cell's resolved config holds depends on its study (train, evaluation, metrics),
+    its (study, method) (the resolved method options), its (study, model) (model options,
+    pretrained checkpoint), its (study, dataset) (data options) and its (study, model,
+    dataset) (layer ranking); only the seed is the cell's own. Each part is computed on first
+    use and shared by every cell that needs it, so planning 10,000 cells costs a few dict
+    lookups per cell instead of deep merges of the whole configuration
+    (benchmarks/plan_scale.py). The dicts `resolve` returns share those parts and are
+    remembered per cell: treat them as read-only (`resolve_cell` returns an independent one).
+    """
+
+    def __init__(self, cfg: dict, catalog: Catalog | None = None) -> None:
+        self.cfg = with_defaults(cfg)  # one deep copy: later edits of `cfg` do not leak in
+        self._catalog = catalog
+        self._parts: dict[tuple, Any] = {}
+        self._cells: dict[Cell, dict] = {}
+        self._json: dict[Cell, str] = {}
+
+    def _part(self, key: tuple, make: Callable[[], Any]) -> Any:
+        try:
+            return self._parts[key]
+        except KeyError:
+            value = self._parts[key] = make()
+            return value
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            self._catalog = catalog()
+        return self._catalog
+
+    def _study(self, study: str) -> dict:
+        def make() -> dict:
+            s = self.cfg["studies"][study]
+            return {
+                "reference": s["reference"],
+                "epochs": s["epochs"],
+                "train": deep_merge(TRAIN_DEFAULTS, s.get("train") or {}),
+                "metrics": list(s.get("metrics") or ["val_acc", "val_loss"]),
+                "evaluation": deep_merge(EVAL_DEFAULTS, s.get("evaluation") or {}),
+            }
+
+        return self._part(("study", study), make)
+
+    def _method(self, study: str, label: str) -> tuple[str, dict, bool]:
+        def make() -> tuple[str, dict, bool]:
+            s = self.cfg["studies"][study]
+            impl, variant_opts = method_impl(s, label)
+            opts = self.catalog.resolve_method_options(
+                impl, deep_merge(variant_opts, (s.get("method_options") or {}).get(label, {})))
+            return impl, opts, self.catalog.method_flag(impl, "needs_ranking")
+
+        return self._part(("method", study, label), make)
+
+    def _model(self, study: str, model: str) -> tuple[dict, str | None]:
+        def make() -> tuple[dict, str | None]:
+            s = self.cfg["studies"][study]
+            return _model_options(s, model), pretrain_checkpoint(self.cfg, study, model)
+
+        return self._part(("model", study, model), make)
+
+    def _data(self, study: str, dataset: str) -> dict:
+        return self._part(("data", study, dataset),
+                          lambda: _data_options(self.cfg["studies"][study], dataset))
+
+    def _ranking(self, study: str, model: str, dataset: str) -> str:
+        return self._part(("ranking", study, model, dataset),
+                          lambda: ranking_path(self.cfg, study, model, dataset))
+
+    def resolve(self, cell: Cell) -> dict:
+        """The resolved config of `cell` (remembered; read-only, see the class docstring)."""
+        try:
+            return self._cells[cell]
+        except KeyError:
+            pass
+        cfg = self.cfg
+        study = self._study(cell.study)
+        impl, method_opts, needs_ranking = self._method(cell.study, cell.method)
+        model_opts, checkpoint = self._model(cell.study, cell.model)
+        inputs: dict[str, str] = {}
+        if checkpoint:
+            inputs["init_checkpoint"] = checkpoint
+        if needs_ranking:
+            inputs["ranking"] = self._ranking(cell.study, cell.model, cell.dataset)
+        resolved = self._cells[cell] = {
+            "study": cell.study,
+            "method": cell.method,
+            "model": cell.model,
+            "dataset": cell.dataset,
+            "budget": cell.budget,
+            "seed_index": cell.seed,
+            "seed": derive_seed(cell.study, cell.model, cell.dataset, cell.seed),
+            "reference": study["reference"],
+            "method_impl": impl,
+            "epochs": study["epochs"],
+            "train": study["train"],
+            "data": self._data(cell.study, cell.dataset),
+            "model_options": model_opts,
+            "method_options": method_opts,
+            "metrics": study["metrics"],
+            "evaluation": study["evaluation"],
+            "inputs": inputs,  # files the cell reads: the pretrained checkpoint, the layer ranking
+            "device": cfg["device"],
+            "threads": cfg["threads"],
+            "data_root": cfg["data_root"],
+        }
+        return resolved
+
+    def json(self, cell: Cell) -> str:
+        """`json.dumps(resolve(cell), sort_keys=True)`, remembered per cell."""
+        try:
+            return self._json[cell]
+        except KeyError:
+            text = self._json[cell] = json.dumps(self.resolve(cell), sort_keys=True)
+            return text
+
+
 def resolve_cell(cfg: dict, cell: Cell) -> dict:
-    """The resolved config of one cell: every setting that determines its result."""
-    cfg = with_defaults(cfg)
-    s = cfg["studies"][cell.study]
-    impl, variant_opts = method_impl(s, cell.method)
-    methods, _, _ = _registries()
-    method_opts = methods.get(impl).resolve_options(
-        deep_merge(variant_opts, (s.get("method_options") or {}).get(cell.method, {}))
-    )
-    model_opts = _model_options(s, cell.model)
-    data = _data_options(s, cell.dataset)
-    inputs: dict[str, str] = {}
-    checkpoint = pretrain_checkpoint(cfg, cell.study, cell.model)
-    if checkpoint:
-        inputs["init_checkpoint"] = checkpoint
-    if methods.get(impl).needs_ranking:
-        inputs["ranking"] = ranking_path(cfg, cell.study, cell.model, cell.dataset)
-    return {
-        "study": cell.study,
-        "method": cell.method,
-        "model": cell.model,
-        "dataset": cell.dataset,
-        "budget": cell.budget,
-        "seed_index": cell.seed,
-        "seed": derive_seed(cell.study, cell.model, cell.dataset, cell.seed),
-        "reference": s["reference"],
-        "method_impl": impl,
-        "epochs": s["epochs"],
-        "train": deep_merge(TRAIN_DEFAULTS, s.get("train") or {}),
-        "data": data,
-        "model_options": model_opts,
-        "method_options": method_opts,
-        "metrics": list(s.get("metrics") or ["val_acc", "val_loss"]),
-        "evaluation": deep_merge(EVAL_DEFAULTS, s.get("evaluation") or {}),
-        "inputs": inputs,  # files the cell reads: the pretrained checkpoint, the layer ranking
-        "device": cfg["device"],
-        "threads": cfg["threads"],
-        "data_root": cfg["data_root"],
-    }
+    """The resolved config of one cell: every setting that determines its result.
+
+    An independent dict; to resolve many cells of one config, use one `CellResolver`."""
+    return CellResolver(cfg).resolve(cell)
 
 
 def cell_config_digest(resolved: dict) -> str:

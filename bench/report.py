@@ -728,6 +728,18 @@ def _numeric(x: Any) -> bool:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
+def _numerics_mark(row: Mapping[str, Any] | pd.Series) -> str:
+    """' [bf16, channels_last]' for a cell run with speed options (train.precision,
+    train.channels_last; bench.train), '' for the papers' fp32."""
+    marks = []
+    precision = _get(row, "precision")
+    if isinstance(precision, str) and precision != "fp32":
+        marks.append(precision)
+    if _get(row, "channels_last") in (True, "True", "true", 1):
+        marks.append("channels_last")
+    return f" [{', '.join(marks)}]" if marks else ""
+
+
 def cells_table(t: StudyTables) -> Table:
     c = t.cells
     cols = [
@@ -743,7 +755,7 @@ def cells_table(t: StudyTables) -> Table:
         )
         rows = [
             [
-                Cell(_get(r, "method")), Cell(_get(r, "seed"), "int"),
+                Cell(f"{_get(r, 'method')}{_numerics_mark(r)}"), Cell(_get(r, "seed"), "int"),
                 Cell(_get(r, "status"), css=f"status-{_get(r, 'status')}"),
                 Cell(_get(r, "val_acc"), "num"), Cell(_get(r, "reason")),
                 Cell(_get(r, "config_hash"), "code"), Cell(_get(r, "mlflow_run_id"), "code"),
@@ -759,7 +771,8 @@ def cells_table(t: StudyTables) -> Table:
     )
     return Table(
         id=f"cells-{slug(t.study.name)}",
-        caption=f"Every cell: status, final val_acc, config hash and MLflow run id. {where}",
+        caption=f"Every cell: status, final val_acc, config hash and MLflow run id; [bf16], "
+        f"[channels_last]: run with those speed options, not the papers' fp32. {where}",
         columns=cols,
         groups=groups,
     )

@@ -45,6 +45,61 @@ PROGRESS_EVERY_S = 10.0  # seconds between progress lines within an epoch
 # resume under others starts the cell over (a new MLflow run; the old one is superseded).
 ENVIRONMENT_KEYS = ("threads", "device", "device_name")
 
+# Speed options (`train.precision`, `train.channels_last`), off by default: the papers' numbers
+# are fp32. With `precision: bf16` the whole loop (training steps and evaluation) runs under
+# torch.autocast(bfloat16) (no loss scaling: bf16 has fp32's range); parameters, gradients and
+# optimizer state stay fp32. `channels_last` stores the model's 4-d weights and each training
+# batch NHWC (faster convolutions on tensor cores). A cell run with either records them in
+# result.json (`numerics`, and in `final` so the tables and report carry them), and memory
+# claims refuse such cells (`numerics_refusal`).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+PAPER_NUMERICS: dict[str, Any] = {"precision": "fp32", "channels_last": False}
+
+
+def numerics(train: dict[str, Any]) -> dict[str, Any]:
+    """The cell's speed options: {"precision": "fp32" | "bf16", "channels_last": bool}."""
+    return {"precision": str(train.get("precision", "fp32")),
+            "channels_last": bool(train.get("channels_last", False))}
+
+
+def check_numerics(train: dict[str, Any], device: torch.device) -> None:
+    """A ConfigError for a precision this harness or this device cannot run."""
+    from bench.errors import ConfigError
+
+    precision = numerics(train)["precision"]
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
+                          f"not {precision!r}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision bf16 needs a GPU with bfloat16 support; "
+                          f"{torch.cuda.get_device_name(device)} has none: use fp32")
+
+
+def autocast(run: Run) -> Any:
+    """The context the loop runs in: autocast to bf16 when `train.precision` asks for it."""
+    dtype = PRECISIONS[numerics(run.cfg["train"])["precision"]]
+    return torch.autocast(device_type=run.device.type, dtype=dtype or torch.float32,
+                          enabled=dtype is not None)
+
+
+def numerics_refusal(cells: Any, metric: str) -> str | None:
+    """Hook for memory claims: why cells (a cells table: rows with optional `precision`
+    column, as bench.aggregate writes it) cannot test a claim on `metric`, or None.
+
+    Memory figures of a bf16 run are not the paper's (fp32) memory: a claim on a memory metric
+    (`*_mib`, `*_bytes`) refuses cells computed in another precision. Accuracy claims accept
+    them (the report marks them)."""
+    if not metric.endswith(("_mib", "_bytes")):
+        return None
+    if cells is None or "precision" not in getattr(cells, "columns", ()):
+        return None
+    other = sorted({str(p) for p in cells["precision"] if isinstance(p, str)
+                    and p != PAPER_NUMERICS["precision"]})
+    if not other:
+        return None
+    return (f"memory claim on {metric}: some cells ran in {', '.join(other)}, not "
+            f"{PAPER_NUMERICS['precision']} as the paper (drop train.precision to test it)")
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -164,12 +219,15 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
     # BatchNorm cannot normalise a batch of one image whose features are 1x1 (one value per
     # channel): a last batch of one is skipped, as `drop_last` would (one image of the epoch)
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    channels_last = numerics(run.cfg["train"])["channels_last"]
     measure.sync(device)
     epoch_start = time.perf_counter()
     for step, (inputs, targets) in enumerate(run.train_loader):
         if has_bn and targets.shape[0] == 1 and step > 0:
             continue
         run.set_lr(epoch + step / n_steps)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC
         if step == 0:
             out: dict[str, Any] = {}
 
@@ -284,14 +342,18 @@ def provenance(device: torch.device, threads: int) -> dict[str, Any]:
 
     sha = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    import torchvision
+    try:  # a bare GPU box (benchmarks/gpu_check.py) may lack torchvision
+        import torchvision
 
+        vision = torchvision.__version__
+    except ImportError:
+        vision = None
     cuda = device.type == "cuda"
     return {
         "git_sha": sha,
         "git_dirty": bool(dirty) if dirty is not None else None,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": vision,
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "device": str(device),
@@ -467,6 +529,8 @@ def build_run(cfg: dict[str, Any], out_dir: Path, device: torch.device) -> Run:
 
         load_backbone(model, cfg["inputs"]["init_checkpoint"])  # the classifier stays new
     model = model.to(device)
+    if numerics(cfg["train"])["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = method.build_optimizer(model, cfg["train"])
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg["seed"])
@@ -494,6 +558,7 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
     torch.set_num_threads(threads)
     device = resolve_device(cfg.get("device", "auto"))
     torch.backends.cudnn.benchmark = bool(cfg["train"]["cudnn_benchmark"])
+    check_numerics(cfg["train"], device)
     out_path = Path(out_path)
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -564,10 +629,11 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
                 mirror.epoch(r.history, record)
 
         run.on_epoch = on_epoch
-        if run.method.owns_loop:
-            run.method.fit(run)
-        else:
-            fit(run)
+        with autocast(run):
+            if run.method.owns_loop:
+                run.method.fit(run)
+            else:
+                fit(run)
         status, reason = run.status, run.reason
     except Exception as err:
         if not is_oom(err):
@@ -739,6 +805,9 @@ def _final(run: Run) -> dict[str, Any]:
         if values:
             final[key] = values[-1]
     final.update(run.method.final_metrics(run))
+    used = numerics(run.cfg["train"])
+    if used != PAPER_NUMERICS:  # columns of the cells table only where speed options ran
+        final.update(used)
     return final
 
 
@@ -782,6 +851,7 @@ def _result(cfg: dict[str, Any], cell: Cell, chash: str, status: str, reason: st
         "reason": reason,
         "config": cfg,
         "config_hash": chash,
+        "numerics": numerics(cfg["train"]),
         "history": history,
         "final": final,
         "memory": memory,

@@ -1,4 +1,5 @@
 # Config -> cell table, path helpers. All logic lives in bench.config; this file only binds it.
+import functools
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 
 from bench.config import (
     Cell,
+    CellResolver,
     canonical_json,
     cell_dir,
     check_config,
@@ -18,7 +20,6 @@ from bench.config import (
     plan,
     pretrain_spec,
     ranking_spec,
-    resolve_cell,
     tracking_uri,
     write_cell_config,
 )
@@ -34,6 +35,9 @@ except ConfigError as e:
 
 RESULTS = CONFIG["results"]
 CELLS = plan(CONFIG)
+# Resolves each cell once, from parts shared per study, method, model and dataset (a
+# 10,000-cell plan in seconds: benchmarks/plan_scale.py).
+RESOLVER = CellResolver(CONFIG)
 STUDIES = list(CONFIG["studies"])
 CONFIG_JSON = json.dumps(CONFIG, sort_keys=True)
 
@@ -67,8 +71,14 @@ def prepared_data(wildcards):
     """The manifest a cell's data check writes. Its name carries a hash of the study's data
     options: a changed option is a new file (and reruns exactly the cells that use it), while
     a changed learning rate reloads nothing."""
-    digest = hashlib.sha256(dataset_spec_json(wildcards).encode()).hexdigest()[:10]
-    return f"{RESULTS}/.prepared/{wildcards.study}/{wildcards.dataset}-{digest}.json"
+    return _prepared_path(wildcards.study, wildcards.dataset)
+
+
+@functools.cache  # once per (study, dataset), not once per cell
+def _prepared_path(study, dataset):
+    spec = canonical_json(dataset_spec(CONFIG, dataset, study))
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:10]
+    return f"{RESULTS}/.prepared/{study}/{dataset}-{digest}.json"
 
 
 def dataset_spec_json(wildcards):
@@ -86,7 +96,7 @@ def cell_inputs(wildcards):
     existing results folder); a result that already matches keeps a config file older than
     itself and reruns nothing."""
     cell = cell_of(wildcards)
-    cfg = resolve_cell(CONFIG, cell)
+    cfg = RESOLVER.resolve(cell)
     try:
         config_file = write_cell_config(RESULTS, cell, cfg)
     except OSError as e:
@@ -117,10 +127,14 @@ def study_config_json(wildcards):
                       sort_keys=True)
 
 
+@functools.cache
+def _results_of(study):
+    return [f"{RESULTS}/{c.study}/cells/{c.method}/{c.model}/{c.dataset}/{c.budget}/s{c.seed}"
+            "/result.json" for c in CELLS if c.study == study]  # cell_dir, as strings
+
+
 def study_results(wildcards):
-    return [
-        str(cell_dir(RESULTS, c) / "result.json") for c in CELLS if c.study == wildcards.study
-    ]
+    return list(_results_of(wildcards.study))
 
 
 def study_claims(wildcards):

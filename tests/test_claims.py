@@ -476,3 +476,20 @@ def test_study_config_declares_comparisons_and_primary_endpoints(tmp_path, capsy
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
     assert "sparsity_regimes: 5 claims valid (3 paper value, 2 thesis superiority)" in out
+
+
+def test_memory_claims_refuse_cells_run_in_another_precision():
+    groups = [("m", "d", "none")]
+    precision = {"a": ["fp32", "bf16", "fp32"], "b": ["fp32"] * 3}
+    cells = cells_of("s", groups, {"a": [100.0, 101.0, 99.0], "b": [120.0, 121.0, 119.0]},
+                     metric="peak_train_mib", precision=precision)
+    mem = claim(id="mem", metric="peak_train_mib", value=100.0, margin=5, margin_reason="r")
+    acc_cells = cells_of("s", groups, {"a": [0.9, 0.91, 0.9]}, precision={"a": ["bf16"] * 3})
+    (row,) = evaluate([mem], cells)
+    assert row["verdict"].startswith("not testable (memory claim on peak_train_mib")
+    assert "bf16" in row["verdict"]
+    (acc,) = evaluate([claim(value=0.9)], acc_cells)
+    assert not acc["verdict"].startswith("not testable")  # accuracy claims accept bf16 cells
+    cells["precision"] = "fp32"
+    (row,) = evaluate([mem], cells)
+    assert not row["verdict"].startswith("not testable")

@@ -284,5 +284,10 @@ def channel_stats(
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-# Registration: each dataset module registers its loaders on import (no folder scanning).
-from bench.data import cifar, digits, synthetic  # noqa: E402,F401
+# Registration: each dataset module registers its loaders when imported, and is imported the
+# first time one of its datasets is loaded (no folder scanning). Lazy, so that a run on
+# synthetic data (the GPU check) needs neither scikit-learn nor torchvision's datasets.
+DATASETS.lazy("cifar10", "bench.data.cifar:load_cifar10")
+DATASETS.lazy("cifar100", "bench.data.cifar:load_cifar100")
+DATASETS.lazy("digits", "bench.data.digits:load")
+DATASETS.lazy("synthetic", "bench.data.synthetic:load")

@@ -1,0 +1,100 @@
+"""The grid-cost estimate (bench.estimate): families from class attributes, nominal shapes,
+the scheduler, and a whole estimate of a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import estimate as est
+from bench.errors import ConfigError
+from bench.methods.base import Method
+from tests.conftest import tiny_config
+
+
+def test_a_family_comes_from_class_attributes_never_from_the_name():
+    class Plain(Method):
+        name = "sgd"
+
+    class OwnLoop(Method):
+        name = "plain_looking_name"
+        owns_loop = True
+        sizes_to_budget = True
+
+    assert est.method_family(Plain) == "backprop"
+    assert est.method_family(Plain, wants_grad_norms=True) == "grad_norms"
+    assert est.method_family(OwnLoop) == "owns_loop+sizes_to_budget"
+
+
+def test_nominal_shapes_follow_the_data_options():
+    full = est.nominal_shape("cifar10", {})
+    assert (full.n_train, full.n_val, full.channels, full.size, full.num_classes) == (
+        50_000, 10_000, 3, 32, 10)
+    half = est.nominal_shape("cifar100", {"classes": list(range(50)), "image_size": 128,
+                                          "train_subset": 1000})
+    assert (half.n_train, half.n_val, half.size, half.num_classes) == (1000, 5000, 128, 50)
+    assert half.nominal and half.bytes == (1000 + 5000) * 3 * 128 * 128
+    with pytest.raises(ConfigError, match="no nominal shape"):
+        est.nominal_shape("imagenet", {})
+
+
+def _job(name, seconds, deps=(), **kw):
+    return est.Job(name, "s", "cell", seconds, seconds, deps=list(deps), **kw)
+
+
+def test_the_schedule_respects_dependencies_and_slots():
+    jobs = [_job("a", 10), _job("b", 5, ["a"]), _job("c", 5, ["a"]), _job("d", 5, ["a"]),
+            _job("z", 1, ["b", "c", "d"])]
+    wall, critical = est.schedule(jobs, cores=2, gpus=0, slots_per_gpu=1)
+    assert critical == 16  # a, one of b/c/d, z
+    assert wall == 10 + 5 + 5 + 1  # three 5-s jobs on two cores take two rounds
+    wall1, _ = est.schedule(jobs, cores=1, gpus=0, slots_per_gpu=1)
+    assert wall1 == sum(j.seconds for j in jobs)
+    # threads: a 2-thread job takes both cores
+    wide = [_job("x", 4, threads=2), _job("y", 4, threads=2)]
+    assert est.schedule(wide, cores=2, gpus=0, slots_per_gpu=1)[0] == 8
+
+
+def test_gpu_slots_share_a_device_and_exclusive_cells_take_it_whole():
+    cells = [_job(f"c{i}", 10, gpu=True) for i in range(4)]
+    # one GPU, one slot: one after another
+    assert est.schedule(cells, cores=8, gpus=1, slots_per_gpu=1)[0] == 40
+    # two GPUs: two at once
+    assert est.schedule(cells, cores=8, gpus=2, slots_per_gpu=1)[0] == 20
+    # one GPU shared by 2: both run at half speed, no gain assumed
+    assert est.schedule(cells, cores=8, gpus=1, slots_per_gpu=2)[0] == 40
+    exclusive = [_job(f"e{i}", 10, gpu=True, exclusive=True) for i in range(2)]
+    assert est.schedule(exclusive, cores=8, gpus=1, slots_per_gpu=2)[0] == 20
+
+
+def test_an_estimate_of_a_tiny_grid(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=2, epochs=3)
+    cfg["tracking"]["enabled"] = False
+    lines = []
+    e = est.estimate(cfg, cores=2, steps=2, progress=lines.append)
+    assert len(e.profiles) == 1  # both seeds share one (model, input, batch, family) profile
+    p = e.profiles[0]
+    assert p.family == "backprop" and p.batch == 32 and p.shape == [3, 16, 16]
+    assert p.train_s_per_image > 0 and p.eval_s_per_image > 0
+    cells = [j for j in e.jobs if j.kind == "cell"]
+    assert len(cells) == 2 and all(j.seconds > e.startup_s for j in cells)
+    kinds = sorted(j.kind for j in e.jobs)
+    assert kinds == ["aggregate", "cell", "cell", "prepare", "report"]
+    assert e.cells_at_once == 2
+    # the wall time: data check, both cells side by side, aggregation, report
+    by = {j.kind: j.seconds for j in e.jobs}
+    assert e.wall_s == pytest.approx(by["prepare"] + max(j.seconds for j in cells)
+                                     + by["aggregate"] + by["report"])
+    study = e.per_study()["t"]
+    assert study["cells"] == 2 and study["modelled_peak_mib"] > 0
+    text = est.render(e, "tiny.yaml")
+    assert "projected wall time" in text and "backprop" in text and "t " in text
+    assert json.loads(est.dumps(e))["per_study"]["t"]["cells"] == 2
+    # the projection scales with what the config asks for: epochs, images
+    shape = est.DataShape(128, 64, 3, 16, 4)
+    three, _ = est._project(p, 3, shape, e.startup_s, e.startup_s, {}, 0, 0)
+    thirty, _ = est._project(p, 30, shape, e.startup_s, e.startup_s, {}, 0, 0)
+    per_epoch = p.epoch_s + 128 * p.train_s_per_image + 64 * p.eval_s_per_image
+    assert thirty - three == pytest.approx(27 * per_epoch)
+    assert three == pytest.approx(cells[0].seconds)
