@@ -85,3 +85,28 @@ def test_a_failed_cell_drops_its_pair():
 
 def test_empty_cells_give_no_pairs():
     assert report.strategy_pairs(pd.DataFrame()).empty
+
+
+def study_tables(c: pd.DataFrame):
+    from pathlib import Path
+
+    from bench.report import StudyInput, StudyTables
+
+    empty = pd.DataFrame()
+    methods = ["full_ft", *ACC]
+    return StudyTables(StudyInput("tradyn", "", "full_ft", ["val_acc"], Path(".")), c, empty,
+                       empty, empty, empty, empty, empty, empty, [], methods,
+                       {m: f"C{i}" for i, m in enumerate(methods)})
+
+
+def test_the_section_draws_the_matrix_and_lists_the_pairs():
+    t = study_tables(cells())
+    (figure,) = report.figures(t)
+    assert figure.fig is not None and len(figure.fig.axes) == 3  # two budgets + colour bar
+    pairs, efficiency = report.tables(t)
+    assert pairs.id == "tradyn-strategy-pairs" and pairs.n_rows == 6
+    assert ["budget 7738 (7,738 units" in pairs.groups[0].label,
+            "budget 25943 (25,943 units" in pairs.groups[1].label] == [True, True]
+    assert efficiency.id == "tradyn-efficiency"
+    none = report.figures(study_tables(cells().query("method == 'full_ft'")))[0]
+    assert none.fig is None and "fewer than two" in none.note
