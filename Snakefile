@@ -38,11 +38,15 @@ localrules:
 
 
 onstart:
-    if TRACKING_URI:
-        shell(init_tracking_command())
+    before_any_job()
 
 
+# The report, every table and every result: a deleted result or table is remade by a plain
+# `snakemake` (Snakemake remakes a missing intermediate file only when something downstream
+# asks for it, and a finished report asks for nothing).
 rule all:
     input:
         REPORT_HTML,
         REPORT_TEX,
+        [f"{RESULTS}/{study}/tables/{t}.csv" for study in STUDIES for t in TABLES],
+        [str(cell_dir(RESULTS, c) / "result.json") for c in CELLS],

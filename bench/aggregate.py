@@ -14,58 +14,18 @@ reference cells at all pairs against the reference's cells of the same model and
 ``none`` (a reference that ignores the budget axis is run once); if there are none, the rows say
 ``not testable (no reference cells)``.
 
-Claims file format (``config/claims/<study>.yaml``)
----------------------------------------------------
+Paired tests cover every declared comparison: each method vs the study's reference, the
+study config's ``comparisons:`` and every pair a claim compares (``versus``). Holm's correction
+runs over the tested rows of the study's primary endpoints (config ``primary_endpoints:``, else
+the metrics of its thesis claims); the rest are labelled ``secondary`` and left unadjusted.
 
-.. code-block:: yaml
-
-    study: restwake                  # must match the study being aggregated
-    paper:                           # free-form: title, citation, url, ...
-      title: "Rest-Wake training"
-      citation: "..."
-    notes: "optional free text"
-    claims:
-      - id: sgd_val_acc              # unique within the file
-        description: "SGD reference, final val accuracy"   # optional
-        source: "Table 2"            # where the number is printed in the paper (required)
-        method: sgd                  # a method label of the study (required)
-        metric: val_acc              # a column of cells.csv, in its units (required)
-        where: {model: resnet18_imagenet_stem, dataset: cifar10, budget: none}   # optional filters
-        value: 0.8319                # the paper's number ...
-        std: 0.0061                  # ... optional stated std (sets the default tolerance)
-        runs: [0.8263, 0.8311, 0.8384]   # optional per-run values (paper-internal checks)
-        tolerance: {abs: 0.01}       # optional: {abs: x} or {rel: x}
-      - id: neuroflux_speedup
-        source: "Abstract"
-        method: neuroflux
-        metric: speedup
-        range: [2.3, 6.1]            # instead of value: reproduced if the mean lies inside
-        tolerance: {rel: 0.1}        # optional widening of both ends
-      - id: restwake_p
-        source: "Section 5"
-        method: restwake_improved
-        metric: val_acc
-        statistic: paired_p          # the paper's paired t-test p-value
-        value: 0.0919
-        runs: [0.8266, 0.8333, 0.8303]            # the method's runs
-        reference: sgd               # optional; default the study's reference
-        reference_runs: [0.8263, 0.8311, 0.8384]  # the reference's runs
-        alpha: 0.05                  # optional: verdict = same side of alpha
-
-Accepted claim keys: see ``CLAIM_KEYS``; any other key is a ``ConfigError``. A claim has exactly
-one of ``value`` and ``range``; ``statistic: paired_p`` needs ``value``, ``runs`` and
-``reference_runs``. Numbers may be quoted (``"0.8300"``) to keep trailing zeros for the rounding
-checks (and YAML reads ``1e-5`` as a string anyway). ``where`` pins the group (model, dataset,
-budget); a claim whose method matches cells in several groups without pinning them is "not
-testable" until ``where`` says which. Default tolerance (no ``tolerance`` key): abs = 2 x the
-stated ``std`` if one is stated, else rel 0.05 (see ``bench.stats``); ranges are not widened by
-default; paired_p claims are reproduced when the reproduced p falls on the same side of alpha.
+Claims (``bench/studies/<study>/claims.yaml``, format in docs/contracts.md "Claims") are validated and
+decided by :mod:`bench.claims`; ``claims.csv`` has one row per claim and group.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -75,11 +35,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from bench import stats
+from bench import claims, stats
 from bench.checks import checks_table
 from bench.errors import BenchError, ConfigError
+
+load_claims = claims.load_claims
+validate_claims = claims.validate_claims
 
 AXES = ("study", "method", "model", "dataset", "budget", "seed")
 GROUP = ("model", "dataset", "budget")
@@ -88,6 +50,7 @@ STATUSES = ("ok", "oom", "diverged", "skipped", "failed")
 FINAL_FIRST = ("val_acc", "val_loss", "train_loss", "train_acc")
 MEMORY_COLUMNS = (
     "param_mib", "activation_mib", "modelled_peak_mib", "peak_alloc_mib", "peak_reserved_mib",
+    "peak_train_mib", "peak_eval_mib",
 )  # fmt: skip
 COMPUTE_COLUMNS = (
     "forward_flops_per_image", "backward_flops_per_image", "weight_grad_flops_per_image",
@@ -99,36 +62,25 @@ CELLS_TAIL = (*MEMORY_COLUMNS, *COMPUTE_COLUMNS, *TIMING_COLUMNS)
 HISTORY_HEAD = (*AXES, "epoch", "phase")
 HISTORY_FIRST = (
     "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s", "train_images_per_s",
-    "peak_alloc_mib", "peak_reserved_mib", "activation_mib", "modelled_peak_mib",
+    "peak_alloc_mib", "peak_reserved_mib", "peak_train_mib", "peak_eval_mib", "activation_mib",
+    "modelled_peak_mib",
 )  # fmt: skip
 
 SUMMARY_COLUMNS = ("study", "method", *GROUP, "metric", "mean", "std", "ci_low", "ci_high", "n")
 PAIRED_COLUMNS = (
-    "study", "method", "reference", *GROUP, "metric", "n_pairs", "mean_method", "mean_reference",
-    "mean_diff", "diff_ci_low", "diff_ci_high", "t", "p", "p_holm", "d_z", "status",
+    "study", "method", "versus", "model", "dataset", "budget", "metric", "endpoint", "n_pairs",
+    "mean_method", "mean_versus", "mean_diff", "diff_ci_low", "diff_ci_high", "t", "p", "p_holm",
+    "d_z", "status",
 )  # fmt: skip
 MEMORY_SUMMARY_COLUMNS = ("study", "method", *GROUP, "metric", "mean", "std", "min", "max", "n")
-CLAIMS_COLUMNS = (
-    "claim_id", "description", "source", "method", "metric", "model", "dataset", "budget",
-    "paper_value", "paper_low", "paper_high", "reproduced", "n", "difference", "tolerance",
-    "verdict",
-)  # fmt: skip
-PAPER_CHECKS_COLUMNS = ("claim_id", "check", "stated", "recomputed", "consistent", "note")
+CLAIMS_COLUMNS = claims.CLAIMS_COLUMNS
+PAPER_CHECKS_COLUMNS = claims.PAPER_CHECKS_COLUMNS
 
 # summary.csv: the study's metrics, then these when any ok cell has them
 SUMMARY_EXTRA = (
     "val_acc", "val_loss", "train_loss", "train_acc",
     "modelled_peak_mib", "activation_mib", "peak_alloc_mib", "train_images_per_s",
 )  # fmt: skip
-
-CLAIMS_TOP_KEYS = ("study", "paper", "notes", "claims")
-CLAIM_KEYS = (
-    "id", "description", "source", "method", "metric", "where", "value", "std", "runs",
-    "tolerance", "range", "statistic", "reference", "reference_runs", "alpha", "note",
-)  # fmt: skip
-CLAIM_REQUIRED = ("id", "source", "method", "metric")
-WHERE_KEYS = GROUP
-STATISTICS = ("paired_p",)
 
 TABLES = ("cells", "history", "summary", "paired_tests", "memory_summary", "claims", "paper_checks",
           "mechanism_checks")
@@ -402,65 +354,116 @@ def _seed_values(cells: pd.DataFrame, idx: np.ndarray, values: np.ndarray) -> di
     return {int(seeds[i]): float(values[i]) for i in idx}
 
 
-def paired_tests_table(
-    cells: pd.DataFrame, reference: str, metrics: Sequence[str], min_pairs: int = stats.MIN_PAIRS
-) -> pd.DataFrame:
-    """Each non-reference method vs ``reference``, paired by seed, per group and metric.
+def _paired_row(cells: pd.DataFrame, g: Mapping[str, Any], method: str, versus: str, metric: str,
+                idx: np.ndarray | None, v_idx: np.ndarray | None, values: np.ndarray,
+                min_pairs: int, note: str = "") -> dict[str, Any]:
+    base = {"study": g["study"], "method": method, "versus": versus, "model": g["model"],
+            "dataset": g["dataset"], "budget": g["budget"], "metric": metric}  # fmt: skip
+    if idx is None or v_idx is None:
+        missing = versus if v_idx is None else method
+        res: dict[str, Any] = {
+            "n_pairs": 0, "status": f"not testable (no cells of {missing})",
+            **{c: np.nan for c in ("mean_method", "mean_reference", "mean_diff",
+                                   "diff_ci_low", "diff_ci_high", "t", "p", "d_z")},
+        }  # fmt: skip
+        if idx is not None and np.isfinite(values[idx]).any():
+            res["mean_method"] = float(np.nanmean(values[idx]))
+    else:
+        where = (f"study {g['study']}, group {g['model']}/{g['dataset']}/{g['budget']}"
+                 + (f" ({note})" if note else "") + f", metric {metric}")
+        try:
+            res = stats.paired_test(_seed_values(cells, idx, values),
+                                    _seed_values(cells, v_idx, values), min_pairs,
+                                    method=method, reference=versus)
+        except stats.SeedMismatchError as e:
+            raise stats.SeedMismatchError(f"{where}: {e}") from None
+    res["mean_versus"] = res.pop("mean_reference")
+    return {**base, **res}
 
-    Holm's correction runs over every ``tested`` row of a study (the family). Missing cells on
-    either side raise :class:`bench.stats.SeedMismatchError`.
+
+def paired_tests_table(
+    cells: pd.DataFrame,
+    reference: str,
+    metrics: Sequence[str],
+    min_pairs: int = stats.MIN_PAIRS,
+    *,
+    comparisons: Iterable[tuple[str, str, str | None]] = (),
+    primary: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Paired tests (seed-paired, method - versus) per group and metric.
+
+    Every non-reference method vs ``reference`` on ``metrics`` (a group without reference cells
+    pairs with the reference's budget-``none`` cells, else reads not testable); then each
+    declared ``(method, versus, metric)`` comparison on ``metrics`` and its own metric, in the
+    groups where both methods have cells (either side may fall back to budget ``none``).
+    ``endpoint`` is ``primary`` when the metric is in ``primary`` (default: every metric), else
+    ``secondary``. Holm's correction runs over the tested primary rows of each study; secondary
+    rows keep ``p_holm`` empty. Missing cells on either side of a pair raise
+    :class:`bench.stats.SeedMismatchError`.
     """
     metrics = list(dict.fromkeys(metrics))
-    arrays = {m: _ok_numeric(cells, m).to_numpy() for m in metrics}
     groups = _groups(cells)
-    ref_idx = {
-        (g["study"], g["model"], g["dataset"], g["budget"]): idx
-        for g, idx in groups
-        if g["method"] == reference
-    }
-    rows = []
+    index = {(g["study"], g["method"], g["model"], g["dataset"], g["budget"]): idx
+             for g, idx in groups}  # fmt: skip
+    arrays: dict[str, np.ndarray] = {}
+
+    def values(m: str) -> np.ndarray:
+        if m not in arrays:
+            arrays[m] = _ok_numeric(cells, m).to_numpy()
+        return arrays[m]
+
+    def resolve(study: str, method: str, g: Mapping) -> tuple[np.ndarray | None, bool]:
+        idx = index.get((study, method, g["model"], g["dataset"], g["budget"]))
+        if idx is not None:
+            return idx, False
+        idx = index.get((study, method, g["model"], g["dataset"], "none"))
+        return idx, idx is not None
+
+    rows, seen = [], set()
     for g, idx in groups:
         if g["method"] == reference:
             continue
-        key = (g["study"], g["model"], g["dataset"], g["budget"])
-        r_idx = ref_idx.get(key)
-        note = ""
-        if r_idx is None and g["budget"] != "none":
-            r_idx = ref_idx.get((g["study"], g["model"], g["dataset"], "none"))
-            note = "reference at budget none"
+        r_idx, r_none = resolve(g["study"], reference, g)
+        note = "reference at budget none" if r_none and g["budget"] != "none" else ""
         for m in metrics:
-            base = {**g, "reference": reference, "metric": m}
-            if r_idx is None:
-                res = {
-                    "n_pairs": 0, "status": f"not testable (no reference cells of {reference})",
-                    **{c: np.nan for c in ("mean_method", "mean_reference", "mean_diff",
-                                           "diff_ci_low", "diff_ci_high", "t", "p", "d_z")},
-                }  # fmt: skip
-                mv = arrays[m][idx]
-                if np.isfinite(mv).any():
-                    res["mean_method"] = float(np.nanmean(mv))
-            else:
-                where = (
-                    f"study {g['study']}, group {g['model']}/{g['dataset']}/{g['budget']}"
-                    + (f" ({note})" if note else "")
-                    + f", metric {m}"
-                )
-                try:
-                    res = stats.paired_test(
-                        _seed_values(cells, idx, arrays[m]),
-                        _seed_values(cells, r_idx, arrays[m]),
-                        min_pairs,
-                        method=g["method"],
-                        reference=reference,
-                    )
-                except stats.SeedMismatchError as e:
-                    raise stats.SeedMismatchError(f"{where}: {e}") from None
-            rows.append({**base, **res})
-    # Holm over each study's tested rows
+            rows.append(_paired_row(cells, g, g["method"], reference, m, idx, r_idx, values(m),
+                                    min_pairs, note))
+            seen.add((g["study"], g["method"], reference, g["model"], g["dataset"],
+                      g["budget"], m))
+    studies = sorted({g["study"] for g, _ in groups})
+    for method, versus, metric in comparisons:
+        tested = metrics + ([metric] if metric and metric not in metrics else [])
+        for study in studies:
+            cand = [g for g, _ in groups if g["study"] == study and g["method"] in (method, versus)]
+            for g in sorted({(g["model"], g["dataset"], g["budget"]): g for g in cand}.values(),
+                            key=_group_sort_key):
+                m_idx, m_none = resolve(study, method, g)
+                v_idx, v_none = resolve(study, versus, g)
+                if m_idx is None or v_idx is None:
+                    continue
+                if g["budget"] == "none" and (m_none or v_none):
+                    continue
+                if g["budget"] != "none" and m_none and v_none:
+                    continue
+                notes = [f"{x} at budget none" for x, used in ((method, m_none), (versus, v_none))
+                         if used and g["budget"] != "none"]
+                for m in tested:
+                    key = (study, method, versus, g["model"], g["dataset"], g["budget"], m)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    rows.append(_paired_row(cells, {**g, "study": study}, method, versus, m,
+                                            m_idx, v_idx, values(m), min_pairs,
+                                            "; ".join(notes)))
+    rows.sort(key=lambda r: (_group_sort_key(r), r["versus"] != reference, str(r["versus"]),
+                             tested_order(r["metric"], metrics)))
+    primary_set = set(primary) if primary else None
     by_study: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         row["p_holm"] = np.nan
-        if row["status"] == stats.TESTED:
+        row["endpoint"] = ("primary" if primary_set is None or row["metric"] in primary_set
+                           else "secondary")
+        if row["status"] == stats.TESTED and row["endpoint"] == "primary":
             by_study.setdefault(row["study"], []).append(i)
     for idxs in by_study.values():
         for i, ph in zip(idxs, stats.holm([rows[i]["p"] for i in idxs])):
@@ -468,235 +471,35 @@ def paired_tests_table(
     return _frame(rows, PAIRED_COLUMNS)
 
 
+def tested_order(metric: str, metrics: Sequence[str]) -> tuple[int, str]:
+    """Metrics in the order of the study's list, a claim's own metric after them."""
+    return (metrics.index(metric), "") if metric in metrics else (len(metrics), metric)
+
+
 # --------------------------------------------------------------------------------------------
 # claims
 
 
-def load_claims(path: str | os.PathLike | None) -> dict | None:
-    """Read and validate a claims file; a missing file (or None) -> None (no claims yet)."""
-    if path is None:
-        return None
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}); fix the claims file") from None
-    validate_claims(doc, str(path))
-    return doc
-
-
-def validate_claims(doc: Any, name: str = "claims") -> None:
-    """Raise ConfigError naming the file and claim for anything outside the claims format."""
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{name}: the top level must be a mapping with a 'claims' list")
-    unknown = sorted(set(doc) - set(CLAIMS_TOP_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{name}: unknown top-level keys {unknown}; accepted: {list(CLAIMS_TOP_KEYS)}"
-        )
-    claims = doc.get("claims")
-    if claims is None:
-        doc["claims"] = claims = []
-    if not isinstance(claims, list):
-        raise ConfigError(f"{name}: 'claims' must be a list of claims")
-    ids = set()
-    for i, c in enumerate(claims):
-        where = f"{name}: claim #{i + 1}"
-        if not isinstance(c, dict):
-            raise ConfigError(f"{where}: must be a mapping")
-        if "id" in c:
-            where = f"{name}: claim {c['id']!r}"
-        unknown = sorted(set(c) - set(CLAIM_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {unknown}; accepted keys: {list(CLAIM_KEYS)}")
-        missing = [k for k in CLAIM_REQUIRED if c.get(k) in (None, "")]
-        if missing:
-            raise ConfigError(f"{where}: missing required keys {missing}")
-        if c["id"] in ids:
-            raise ConfigError(f"{where}: duplicate claim id; ids must be unique")
-        ids.add(c["id"])
-        _validate_claim(c, where)
-
-
-def _number(c: Mapping, key: str, where: str, nonneg: bool = False) -> None:
-    try:
-        x = stats.to_float(c[key])
-        stats.decimals(c[key])
-    except ValueError as e:
-        raise ConfigError(f"{where}: '{key}' {e}") from None
-    if math.isnan(x) or (nonneg and x < 0):
-        raise ConfigError(f"{where}: '{key}' must be a {'non-negative ' if nonneg else ''}number")
-
-
-def _numbers(c: Mapping, key: str, where: str) -> None:
-    v = c[key]
-    if not isinstance(v, list) or not v:
-        raise ConfigError(f"{where}: '{key}' must be a non-empty list of numbers")
-    for x in v:
-        try:
-            stats.to_float(x)
-            stats.decimals(x)
-        except ValueError as e:
-            raise ConfigError(f"{where}: '{key}': {e}") from None
-
-
-def _validate_claim(c: Mapping, where: str) -> None:
-    has_value, has_range = c.get("value") is not None, c.get("range") is not None
-    if has_value == has_range:
-        raise ConfigError(f"{where}: give exactly one of 'value' and 'range'")
-    if has_value:
-        _number(c, "value", where)
-    if has_range:
-        r = c["range"]
-        if not isinstance(r, list) or len(r) != 2:
-            raise ConfigError(f"{where}: 'range' must be [low, high]")
-        _numbers(c, "range", where)
-        if stats.to_float(r[0]) > stats.to_float(r[1]):
-            raise ConfigError(f"{where}: 'range' low {r[0]} is above high {r[1]}")
-    if c.get("std") is not None:
-        _number(c, "std", where, nonneg=True)
-    for k in ("runs", "reference_runs"):
-        if c.get(k) is not None:
-            _numbers(c, k, where)
-    if c.get("tolerance") is not None:
-        try:
-            stats._tolerance_spec(c["tolerance"])
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-    if c.get("where") is not None:
-        w = c["where"]
-        if not isinstance(w, dict):
-            raise ConfigError(f"{where}: 'where' must be a mapping of {list(WHERE_KEYS)}")
-        unknown = sorted(set(w) - set(WHERE_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown 'where' keys {unknown}; accepted: {list(WHERE_KEYS)}"
-            )
-        for k, v in w.items():
-            if v is None or isinstance(v, (list, dict, bool)):
-                raise ConfigError(
-                    f"{where}: where.{k} must be a single name or number (got {v!r}); "
-                    "leave the key out to match every value"
-                )
-    stat = c.get("statistic")
-    if stat is not None:
-        if stat not in STATISTICS:
-            raise ConfigError(f"{where}: statistic {stat!r} unknown; accepted: {list(STATISTICS)}")
-        if not has_value:
-            raise ConfigError(f"{where}: a {stat} claim needs 'value' (the stated p)")
-        if c.get("runs") is None or c.get("reference_runs") is None:
-            raise ConfigError(
-                f"{where}: a {stat} claim needs 'runs' (method) and 'reference_runs' "
-                "(reference) to recompute the p-value"
-            )
-    else:
-        for k in ("reference_runs", "alpha", "reference"):
-            if c.get(k) is not None:
-                raise ConfigError(f"{where}: '{k}' only applies to 'statistic: paired_p' claims")
-    if c.get("alpha") is not None:
-        _number(c, "alpha", where, nonneg=True)
-
-
-def _claim_groups(cells: pd.DataFrame, method: str, where: Mapping) -> pd.DataFrame:
-    mask = cells["method"] == str(method)
-    for k, v in (where or {}).items():
-        mask &= cells[k] == str(v)
-    return cells[mask]
-
-
 def claims_table(
-    claims_doc: Mapping | None, cells: pd.DataFrame, reference: str | None = None
+    claims_doc: Mapping | None,
+    cells: pd.DataFrame,
+    study_cfg: Mapping | None = None,
+    *,
+    study: str = "",
+    mechanism_checks: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """One row per claim: the paper's number beside the reproduction, difference and verdict.
-
-    ``tolerance`` is the absolute half-width used (range claims: the widening of the range, 0 by
-    default; paired_p claims: empty); the rule behind it is the module docstring's.
-
-    ``reference`` is the study's reference (the default comparison of paired_p claims).
-    """
-    rows = []
-    for c in (claims_doc or {}).get("claims") or []:
-        where = c.get("where") or {}
-        row: dict[str, Any] = {
-            "claim_id": c["id"], "description": c.get("description"), "source": c.get("source"),
-            "method": c["method"], "metric": c["metric"],
-            "model": where.get("model"), "dataset": where.get("dataset"),
-            "budget": None if where.get("budget") is None else str(where["budget"]),
-            "paper_value": stats.to_float(c.get("value")),
-            "paper_low": stats.to_float(c["range"][0]) if c.get("range") else np.nan,
-            "paper_high": stats.to_float(c["range"][1]) if c.get("range") else np.nan,
-        }  # fmt: skip
-        rows.append(row)
-        sel = _claim_groups(cells, c["method"], where) if not cells.empty else cells
-        groups = sorted(
-            {tuple(x) for x in sel[list(GROUP)].itertuples(index=False)},
-            key=lambda g: (g[0], g[1], budget_key(g[2])),
-        )
-        if len(groups) == 1:
-            row["model"], row["dataset"], row["budget"] = groups[0]
-        is_p = c.get("statistic") == "paired_p"
-        blank = {"reproduced": np.nan, "n": 0, "difference": np.nan}
-        if is_p:
-            tol = np.nan  # paired_p claims compare sides of alpha, not a distance
-        elif c.get("range") is not None:
-            tol = stats.claim_verdict(c, [])["tolerance"]
-        else:
-            tol = stats.claim_tolerance(c)[0]
-        if len(groups) > 1:
-            listed = ", ".join("/".join(g) for g in groups)
-            row.update(
-                blank,
-                tolerance=tol,
-                verdict=f"not testable (claim matches {len(groups)} groups: {listed}; "
-                "pin one with 'where')",
-            )
-            continue
-        if not groups:
-            row.update(blank, tolerance=tol,
-                       verdict="not testable (no matching cells with status ok)")  # fmt: skip
-            continue
-        if c["metric"] not in cells.columns:
-            row.update(
-                blank,
-                tolerance=tol,
-                verdict=f"not testable (metric {c['metric']!r} not in the results)",
-            )
-            continue
-        if is_p:
-            ref = c.get("reference") or reference
-            if not ref:
-                row.update(blank, tolerance=tol,
-                           verdict="not testable (no reference method given)")  # fmt: skip
-                continue
-            g = dict(zip(GROUP, groups[0]))
-            ref_sel = _claim_groups(cells, ref, g)
-            if ref_sel.empty and g["budget"] != "none":
-                ref_sel = _claim_groups(cells, ref, {**g, "budget": "none"})
-            mvals = _ok_numeric(sel, c["metric"])
-            rvals = _ok_numeric(ref_sel, c["metric"])
-            try:
-                paired = stats.paired_test(
-                    dict(zip(sel["seed"].astype(int), mvals)),
-                    dict(zip(ref_sel["seed"].astype(int), rvals)),
-                    method=c["method"],
-                    reference=ref,
-                )
-            except stats.SeedMismatchError as e:
-                raise stats.SeedMismatchError(f"claim {c['id']!r}: {e}") from None
-            v = stats.pvalue_claim_verdict(c, paired)
-        else:
-            v = stats.claim_verdict(c, _ok_numeric(sel, c["metric"]).tolist())
-        row.update({k: v[k] for k in ("reproduced", "n", "difference", "tolerance", "verdict")})
+    """One row per claim and group with its verdict and the numbers that decided it
+    (bench.claims.evaluate_claims; columns CLAIMS_COLUMNS)."""
+    rows = claims.evaluate_claims(claims_doc, cells, study=study, study_cfg=study_cfg,
+                                  mechanism_checks=mechanism_checks)
     return _frame(rows, CLAIMS_COLUMNS)
 
 
 def paper_checks_table(claims_doc: Mapping | None) -> pd.DataFrame:
-    """The paper's stated numbers recomputed from its own per-run values (stats.paper_checks)."""
+    """The paper's stated numbers and statements recomputed from its own per-run values."""
     rows = []
     for c in (claims_doc or {}).get("claims") or []:
-        rows.extend(stats.paper_checks(c))
+        rows.extend(claims.paper_check_rows(c))
     return _frame(rows, PAPER_CHECKS_COLUMNS)
 
 
@@ -750,8 +553,14 @@ def aggregate_study(
     metrics: Sequence[str],
     claims_path: str | os.PathLike | None,
     out_dir: str | os.PathLike,
+    study_cfg: Mapping | None = None,
 ) -> dict[str, Path]:
-    """Build every table of a study and write them to ``out_dir``; returns {table name: path}."""
+    """Build every table of a study and write them to ``out_dir``; returns {table name: path}.
+
+    ``study_cfg`` (the study's config block) supplies the declared ``comparisons``, the
+    ``primary_endpoints`` and the methods list (a claim on a method outside it reads
+    ``not testable (method ... not in this run)``).
+    """
     results = load_results(result_paths)
     claims_doc = load_claims(claims_path)
     studies = sorted({str(r["axes"]["study"]) for r in results})
@@ -761,16 +570,24 @@ def aggregate_study(
                 f"{claims_path}: claims are for study {claims_doc['study']!r} but the results are "
                 f"for {studies}; pass the claims file of the same study"
             )
+    study = studies[0] if len(studies) == 1 else str((claims_doc or {}).get("study") or "")
     cells = add_speedup_vs_reference(cells_table(results), reference)
+    history = history_table(results)
+    declared = [(str(m), str(v), None) for m, v in (study_cfg or {}).get("comparisons") or []]
+    comparisons = [*declared, *claims.claim_comparisons(claims_doc)]
+    primary = claims.primary_endpoints(claims_doc, study_cfg)
+    mechanism = checks_table(study, results)
     tables = {
         "cells": cells,
-        "history": history_table(results),
+        "history": history,
         "summary": summary_table(cells, summary_metrics(cells, metrics)),
-        "paired_tests": paired_tests_table(cells, reference, metrics),
+        "paired_tests": paired_tests_table(cells, reference, metrics, comparisons=comparisons,
+                                           primary=primary or None),
         "memory_summary": memory_summary_table(cells),
-        "claims": claims_table(claims_doc, cells, reference),
+        "claims": claims_table(claims_doc, cells, study_cfg, study=study,
+                               mechanism_checks=mechanism),
         "paper_checks": paper_checks_table(claims_doc),
-        "mechanism_checks": checks_table(studies[0] if studies else "", results),
+        "mechanism_checks": mechanism,
     }
     out_dir = Path(out_dir)
     return {name: write_csv_atomic(tables[name], out_dir / f"{name}.csv") for name in TABLES}

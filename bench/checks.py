@@ -6,7 +6,7 @@ every cell of the study) and returns one `Check` per (check, method, group[, see
 
     from bench.checks import Check, register_checks
 
-    @register_checks("mystudy")
+    @register_checks("mystudy", "budget_used", "two_blocks")   # the check names it produces
     def checks(results):
         return [Check("budget_used", r["axes"]["method"], r["axes"]["model"], ...), ...]
 
@@ -47,16 +47,24 @@ class Check:
 
 CheckFn = Callable[[Sequence[Mapping[str, Any]]], Iterable[Check]]
 STUDY_CHECKS: dict[str, CheckFn] = {}
+STUDY_CHECK_NAMES: dict[str, tuple[str, ...]] = {}
 
 
-def register_checks(study: str) -> Callable[[CheckFn], CheckFn]:
-    """Decorator: the mechanism checks of study `study`."""
+def register_checks(study: str, *names: str) -> Callable[[CheckFn], CheckFn]:
+    """Decorator: the mechanism checks of study `study`, producing the checks `names` (a
+    claim's `requires:` is validated against them before any job runs)."""
 
     def add(fn: CheckFn) -> CheckFn:
         STUDY_CHECKS[study] = fn
+        STUDY_CHECK_NAMES[study] = tuple(names)
         return fn
 
     return add
+
+
+def declared_checks(study: str) -> list[str]:
+    """The check names study `study` declared (empty when it registered none)."""
+    return sorted(STUDY_CHECK_NAMES.get(study, ()))
 
 
 def axes_of(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,6 +78,11 @@ def checks_table(study: str, results: Sequence[Mapping[str, Any]]) -> pd.DataFra
     """Every check of the study's registered function over its results (empty without one)."""
     fn = STUDY_CHECKS.get(study)
     rows = [asdict(c) for c in fn(results)] if fn is not None else []
+    declared = set(STUDY_CHECK_NAMES.get(study, ()))
+    undeclared = sorted({r["check"] for r in rows} - declared)
+    if declared and undeclared:
+        raise ValueError(f"study {study}'s checks produced {undeclared}, which its "
+                         f"@register_checks does not declare: add them there")
     df = pd.DataFrame(rows, columns=CHECK_COLUMNS)
     return df.sort_values(["check", "method", "model", "dataset", "budget", "seed"],
                           na_position="first", kind="stable").reset_index(drop=True)

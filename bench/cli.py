@@ -67,9 +67,11 @@ def _read_json_arg(text: str, what: str) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bench.config import plan, seed_indices
+    from bench.config import check_device, plan, seed_indices
 
     cfg = load_cli_config(args)
+    if not args.no_device_check:
+        check_device(cfg)
     cells = plan(cfg)
     per_study = Counter(c.study for c in cells)
     print(f"configuration is valid: {len(cells)} cells")
@@ -80,7 +82,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
               f"{', '.join(s['models'])}; datasets {', '.join(s['datasets'])}; budgets "
               f"{', '.join(budgets)}; {len(seed_indices(s))} seeds; {s['epochs']} epochs; "
               f"reference {s['reference']}")
+    _print_claims(cfg)
     return 0
+
+
+def _print_claims(cfg: dict[str, Any]) -> None:
+    """Each study's claims file, already checked against the study by check_config."""
+    from bench.claims import load_claims
+    from bench.config import claims_path
+
+    for study in cfg["studies"]:
+        doc = load_claims(claims_path(study))
+        if doc is None:
+            print(f"  {study}: no claims file ({claims_path(study)})")
+            continue
+        kinds = Counter(f"{c['scope']} {c['kind']}" for c in doc["claims"])
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        print(f"  {study}: {len(doc['claims'])} claims valid ({counts})")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -174,6 +192,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = _finished_result(cfg, Path(args.out))
         if result is None:
             result = run_cell(cfg, Path(args.out), tracker=tracker, threads=args.threads)
+        used = Path(args.cell[1:]) if args.cell.startswith("@") else None
+        if used is not None and used.name.startswith("config-") and (
+                used.parent.resolve() == Path(args.out).parent.resolve()):
+            from bench.config import drop_other_cell_configs
+
+            drop_other_cell_configs(used)  # the workflow's: one config file per result
     return 0 if result["status"] in ("ok", "oom", "diverged", "skipped") else 1
 
 
@@ -272,8 +296,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_rank_layers(args: argparse.Namespace) -> int:
-    import bench.studies  # noqa: F401  (studies register their upstream stages)
+    from bench import studies
     from bench.pretrain import UPSTREAM_STAGES
+
+    studies.load()  # studies register their upstream stages
 
     spec = _read_json_arg(args.spec, "--spec")
     ranking = UPSTREAM_STAGES.get("rank_layers")(spec, Path(args.out), threads=args.threads or 1, device=args.device)
@@ -304,13 +330,35 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     if missing:
         raise BenchError(f"{len(missing)} of {len(paths)} result files of study '{args.study}' "
                          f"are missing (first: {missing[0]}); run the workflow to produce them")
+    stale = _stale_results(cfg, cells, paths)
+    if stale:
+        raise BenchError(f"{len(stale)} of {len(paths)} results of study '{args.study}' were made "
+                         f"under another config and are not reported (first: {stale[0]}); run "
+                         f"`snakemake` to rerun them")
     s = cfg["studies"][args.study]
     out = aggregate_study(paths, s["reference"], list(s.get("metrics") or ["val_acc", "val_loss"]),
                           Path(args.claims) if args.claims else claims_path(args.study),
-                          Path(args.out_dir))
+                          Path(args.out_dir), study_cfg=s)
     print(f"{args.study}: {len(paths)} cells -> {', '.join(sorted(str(p) for p in out.values()))}",
           file=sys.stderr)
     return 0
+
+
+def _stale_results(cfg: dict[str, Any], cells: list[Any], paths: list[Path]) -> list[str]:
+    """'<path>: config_hash X, the config gives Y' for each result of another config (an
+    unreadable file is left to the aggregation, which names it)."""
+    from bench.config import config_hash, resolve_cell
+
+    stale = []
+    for cell, path in zip(cells, paths):
+        try:
+            found = json.loads(path.read_text()).get("config_hash")
+        except (OSError, ValueError, AttributeError):
+            continue
+        expected = config_hash(resolve_cell(cfg, cell))
+        if found != expected:
+            stale.append(f"{path}: config_hash {found}, the config gives {expected}")
+    return stale
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -348,6 +396,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     prov["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     prov["command"] = args.command_line or " ".join(sys.argv)
     out = build_report(studies, Path(args.out_dir), prov, title=cfg["report"]["title"])
+    from bench.tracking import publish_study_reports
+
+    publish_study_reports(cfg, Path(args.out_dir))  # one summary run per study: figures, tables
     print("report: " + ", ".join(str(p) for p in out.values()), file=sys.stderr)
     return 0
 
@@ -362,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="check a config and print the size of its plan")
     _add_config_args(s)
+    s.add_argument("--no-device-check", action="store_true",
+                   help="do not check that `device` exists here (a login node validating a "
+                        "config for GPU nodes)")
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("plan", help="list the cells of a config")

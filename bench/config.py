@@ -13,8 +13,12 @@ everything that determines its result; its hash keys the result on disk and in M
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
+import math
+import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -163,10 +167,16 @@ def validate_schema(cfg: dict) -> None:
     if errors:
         lines = []
         for err in errors[:10]:
-            where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-            lines.append(f"  at {where}: {err.message}")
-        raise ConfigError("the configuration does not match config/schema/config.schema.yaml:\n"
-                          + "\n".join(lines))
+            where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            what = err.message
+            if err.validator == "propertyNames" or (err.validator == "pattern" and err.path
+                                                    and err.schema is load_schema()["$defs"]["name"]):
+                what += " (a name: letters, digits, _ . -; it becomes a folder and a file name)"
+            lines.append(f"at {where}: {what}")
+        head = "the configuration does not match config/schema/config.schema.yaml"
+        if len(lines) == 1:
+            raise ConfigError(f"{head}: {lines[0]}")
+        raise ConfigError(f"{head}:\n" + "\n".join(f"  {line}" for line in lines))
 
 
 def with_defaults(cfg: dict) -> dict:
@@ -182,6 +192,15 @@ def catalog() -> Catalog:
     return registry.catalog()
 
 
+def _registries() -> tuple[Any, Any, Any]:
+    """The live registries (imports torch and every study package)."""
+    from bench.data import DATASETS
+    from bench.methods import METHODS
+    from bench.models import MODELS
+
+    return METHODS, MODELS, DATASETS
+
+
 def method_impl(study_cfg: dict, label: str) -> tuple[str, dict]:
     """The registered method behind a method label, and the label's own options."""
     variant = (study_cfg.get("variants") or {}).get(label)
@@ -195,11 +214,16 @@ def check_config(cfg: dict) -> dict:
 
     Every problem found is reported at once, each with the valid choices.
     """
+    if not isinstance(cfg, dict):
+        raise ConfigError("the configuration must be a mapping (a YAML document of key: value)")
+    problems: list[str] = [*non_finite_numbers(cfg)]
+    if problems:
+        raise_problems(problems)
     validate_schema(cfg)
     cfg = with_defaults(cfg)
     cat = catalog()
     methods, models, datasets = cat.methods(), cat.models(), cat.datasets()
-    problems: list[str] = []
+    problems += path_problems(cfg)
     for study, s in cfg["studies"].items():
         where = f"studies.{study}"
         labels = s["methods"]
@@ -251,6 +275,12 @@ def check_config(cfg: dict) -> dict:
                 if name not in members:
                     problems.append(f"{where}.{block}.{name}: '{name}' is not one of the "
                                     f"study's {axis} ({', '.join(members)})")
+        for pair in s.get("comparisons") or []:
+            for name in pair:
+                if name not in labels:
+                    problems.append(f"{where}.comparisons: '{name}' is not one of the study's "
+                                    f"methods ({', '.join(labels)})")
+        problems.extend(_claims_problems(study, s))
         budgets = [*(s.get("budgets") or []), *(b for bs in (s.get("method_budgets") or {}).values()
                                                 for b in bs)]
         for budget in {budget_label(b) for b in budgets}:
@@ -258,10 +288,242 @@ def check_config(cfg: dict) -> dict:
                 parse_budget(budget)
             except ConfigError as e:
                 problems.append(f"{where}.budgets: {e}")
+        for block, lists in (("budgets", {"": s.get("budgets") or []}),
+                             ("method_budgets", s.get("method_budgets") or {})):
+            for name, values in lists.items():
+                labels_seen = [budget_label(b) for b in values]
+                twice = sorted({b for b in labels_seen if labels_seen.count(b) > 1})
+                if twice:
+                    at = f"{where}.{block}" + (f".{name}" if name else "")
+                    problems.append(f"{at}: {', '.join(map(repr, values))} name the budget(s) "
+                                    f"{', '.join(twice)} more than once (the same cells twice); "
+                                    f"list each budget once")
+        if problems:
+            continue  # the checks below build models and read options the ones above vetted
+        problems += _component_problems(study, s)
     cat.save()
     if problems:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise_problems(problems)
     return cfg
+
+
+def _claims_problems(study: str, study_cfg: dict) -> list[str]:
+    """The study's claims file checked against the study (bench.claims): format, margins, and
+    every method, metric and group a claim names. Runs with the config check, so a bad claim
+    stops the workflow before any job."""
+    from bench.claims import check_claims_file
+
+    return check_claims_file(claims_path(study), study, study_cfg)
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One problem: one line. Several: a header and one line each."""
+    if len(problems) == 1:
+        raise ConfigError(f"invalid configuration: {problems[0]}")
+    raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def non_finite_numbers(obj: Any, where: str = "") -> Iterator[str]:
+    """`where: ...` for every NaN or infinite number anywhere in the config (YAML's .nan, .inf
+    pass JSON Schema's `minimum`)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        yield f"{where or '(top level)'}: must be a finite number, got {obj}"
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from non_finite_numbers(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from non_finite_numbers(v, f"{where}[{i}]")
+
+
+# Characters a path must not hold: control characters (a newline splits a shell line, a log
+# line, a job script) and braces (Snakemake reads them as wildcards in the rules' paths).
+_BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f{}]")
+
+
+def path_problems(cfg: dict) -> list[str]:
+    """Paths go into file patterns and command lines (quoted): spaces, quotes and any Unicode
+    are fine; control characters and braces are not."""
+    fields = [("results", cfg["results"]), ("data_root", cfg["data_root"]),
+              ("tracking.uri", cfg["tracking"].get("uri"))]
+    fields += [(f"studies.{name}.pretrain.checkpoint", (s.get("pretrain") or {}).get("checkpoint"))
+               for name, s in cfg["studies"].items()]
+    out = []
+    for where, value in fields:
+        if value is None:
+            continue
+        if not str(value).strip():
+            out.append(f"{where}: must not be empty")
+        elif m := _BAD_PATH_CHARS.search(str(value)):
+            out.append(f"{where}: {value!r} holds {m.group()!r}; paths may hold spaces, quotes "
+                       f"and any Unicode, but no control characters and no braces")
+    return out
+
+
+# Final metrics every cell reports (bench.train._final, measure sections: the cells table's
+# columns); a method adds its own (`Method.metrics`).
+CORE_METRICS = (
+    "val_acc", "val_loss", "train_loss", "train_acc", "epochs", "sym_kl", "fgsm_acc", "pgd_acc",
+    "param_mib", "grad_mib", "optimizer_state_mib", "activation_mib", "method_buffer_mib",
+    "modelled_peak_mib", "peak_alloc_mib", "peak_reserved_mib", "peak_train_mib", "peak_eval_mib",
+    "resident_data_mib", "forward_flops_per_image",
+    "backward_flops_per_image", "weight_grad_flops_per_image", "params", "train_images_per_s",
+    "eval_images_per_s", "train_s", "eval_s", "total_s", "speedup_vs_reference",
+)  # fmt: skip
+
+
+def metric_names(study_cfg: dict) -> list[str]:
+    """Metrics a study's cells can report: the core ones and its methods' (patterns allowed)."""
+    methods, _, _ = _registries()
+    names = list(CORE_METRICS)
+    for label in study_cfg["methods"]:
+        impl, _ = method_impl(study_cfg, label)
+        names += [m for m in getattr(methods.get(impl), "metrics", ()) if m not in names]
+    return names
+
+
+def _component_problems(study: str, s: dict) -> list[str]:
+    """Options of each model and dataset, metric names, and whether each model accepts the
+    images its datasets give (checked on the meta device: no memory, no data)."""
+    import fnmatch
+
+    where = f"studies.{study}"
+    problems = []
+    known = metric_names(s)
+    for metric in s.get("metrics") or []:
+        if not any(fnmatch.fnmatchcase(metric, pattern) for pattern in known):
+            close = difflib.get_close_matches(metric, [k for k in known if "*" not in k], n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            problems.append(f"{where}.metrics: unknown metric '{metric}'.{hint} Metrics of this "
+                            f"study's cells: {', '.join(known)}")
+    shapes = {}
+    for dataset in s["datasets"]:
+        try:
+            shapes[dataset] = dataset_shape(dataset, _data_options(s, dataset))
+        except ConfigError as e:
+            problems.append(f"{where}: data options of '{dataset}' (data, data_options): {e}")
+    for model in s["models"]:
+        opts = _model_options(s, model)
+        for dataset, (channels, size, classes) in shapes.items():
+            why = model_rejects(model, opts, channels, size, classes)
+            if why:
+                problems.append(f"{where}: model '{model}' on dataset '{dataset}' ({channels}x"
+                                f"{size}x{size} images): {why}")
+    p = s.get("pretrain") or {}
+    if p.get("dataset") and not p.get("checkpoint"):
+        try:
+            channels, size, classes = dataset_shape(
+                p["dataset"], deep_merge(DATA_DEFAULTS, p.get("data") or {}))
+        except ConfigError as e:
+            problems.append(f"{where}.pretrain.data: {e}")
+        else:
+            for model in s["models"]:
+                why = model_rejects(model, _model_options(s, model), channels, size, classes)
+                if why:
+                    problems.append(f"{where}.pretrain: model '{model}' on '{p['dataset']}' "
+                                    f"({channels}x{size}x{size} images): {why}")
+    return problems
+
+
+def dataset_shape(name: str, options: dict) -> tuple[int, int, int]:
+    """(channels, image size, classes) a dataset gives under `options`, without loading it.
+
+    Read from the loader module's DEFAULTS (and NATIVE_SIZE, CHANNELS, NUM_CLASSES where it
+    has them); unknown options and wrong types are a ConfigError, as the loader would raise.
+    """
+    import sys
+
+    from bench.data import LOADER_OPTIONS, SUBSET_OPTIONS, check_image_size, resolve_options
+
+    _, _, datasets = _registries()
+    module = sys.modules[datasets.get(name).__module__]
+    defaults = dict(getattr(module, "DEFAULTS", {}))
+    own = {k: v for k, v in options.items() if k not in LOADER_OPTIONS + SUBSET_OPTIONS}
+    opts = resolve_options(name, own, defaults)
+    for key, default in defaults.items():
+        if isinstance(default, bool) and not isinstance(opts[key], bool):
+            raise ConfigError(f"{name}: {key} must be true or false, got {opts[key]!r}")
+    for key, least in (("train_subset", 2), ("val_subset", 1)):
+        n = options.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < least):
+            raise ConfigError(f"{name}: {key} must be an integer >= {least} or null, got {n!r}"
+                              + (" (a training batch needs two images)" if least == 2 else ""))
+    check = getattr(module, "check_options", None)
+    if check is not None:
+        opts = check(opts)
+    size = check_image_size(name, opts.get("image_size"))
+    if size is None:
+        size = defaults.get("image_size") or getattr(module, "NATIVE_SIZE", 32)
+    channels = int(opts.get("channels") or getattr(module, "CHANNELS", 3))
+    known = getattr(module, "NUM_CLASSES", None)
+    known = known.get(name) if isinstance(known, dict) else known
+    classes = int(opts.get("num_classes") or known or 10)
+    chosen = options.get("classes")
+    if chosen is not None:
+        valid = (isinstance(chosen, list) and chosen
+                 and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in chosen)
+                 and len(set(chosen)) == len(chosen)
+                 and (known is None and "num_classes" not in opts or max(chosen) < classes))
+        if not valid:
+            raise ConfigError(f"{name}: classes must be distinct class indices in "
+                              f"0..{classes - 1}, got {chosen!r}")
+        classes = len(chosen)
+    return channels, int(size), classes
+
+
+# Width scales channel counts only, never the spatial layout: the shape check builds the model
+# at this width, so it costs milliseconds whatever the configured width is.
+PROBE_WIDTH = 0.0625
+
+
+@cache
+def _model_verdict(name: str, options_json: str, channels: int, size: int, classes: int
+                   ) -> str | None:
+    import torch
+
+    from bench.models import build_model, check_width
+
+    options = json.loads(options_json)
+    try:
+        check_width(options.get("width", 1.0))
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream stays untouched
+            model = build_model(name, classes, channels, {**options, "width": PROBE_WIDTH})
+    except ConfigError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - a factory refusing a value: the user's to fix
+        return f"its options {options_json} are refused ({type(e).__name__}: {e})"
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, size, size))  # (B, C, H, W)
+    except Exception as e:  # noqa: BLE001 - the shape error is the message
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return (f"the model cannot run on {size}x{size} images ({first}); use a larger "
+                f"data.image_size or a shallower model")
+    return None
+
+
+def model_rejects(name: str, options: dict, channels: int, size: int, classes: int
+                  ) -> str | None:
+    """Why model `name` cannot be built with `options` or run on (channels, size, size)
+    images, or None. Built at a small width on the CPU and run on one blank image."""
+    return _model_verdict(name, canonical_json(options), channels, size, classes)
+
+
+def check_device(cfg: dict) -> None:
+    """`device: cuda` (or cuda:N) needs a CUDA device here; ConfigError otherwise."""
+    device = str(cfg.get("device", "auto"))
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {device} was asked for but CUDA is not available on this "
+                          f"machine; use device: auto (or cpu), or run where a GPU is")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {device} does not exist: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s) (cuda:0.."
+                          f"cuda:{torch.cuda.device_count() - 1})")
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -535,6 +797,61 @@ def resolve_cell(cfg: dict, cell: Cell) -> dict:
     return CellResolver(cfg).resolve(cell)
 
 
+def cell_config_digest(resolved: dict) -> str:
+    """First 12 hex digits of the sha256 of everything in a resolved cell config (threads and
+    device included: they are what the job is told)."""
+    return hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:12]
+
+
+def cell_config_path(results: str | Path, cell: Cell, resolved: dict) -> Path:
+    """<cell>/config-<digest>.json: the resolved config the cell's job reads."""
+    return cell_dir(results, cell) / f"config-{cell_config_digest(resolved)}.json"
+
+
+def write_cell_config(results: str | Path, cell: Cell, resolved: dict) -> Path:
+    """Make sure <cell>/config-<digest>.json holds the cell's resolved config; return its path.
+
+    What makes the workflow rerun exactly the cells whose setting changed, from the files
+    alone (no `.snakemake/` metadata needed): the file is the train job's input, so
+    - a new digest (a changed setting, or a new cell) is a new file, newer than any result:
+      the cell reruns;
+    - a file written for a result that already holds this very config (a fresh clone, results
+      made before these files existed) is dated just before that result: nothing reruns.
+    An existing file is left alone (one stat: planning stays cheap). Planning never deletes:
+    the job that trains the cell drops its other config files (`drop_other_cell_configs`), so
+    a setting changed and changed back finds no old file that would claim a newer result.
+    """
+    path = cell_config_path(results, cell, resolved)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(resolved, indent=1, sort_keys=True) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result = path.parent / "result.json"
+    try:
+        doc = json.loads(result.read_text())
+        same = canonical_json(doc.get("config")) == canonical_json(resolved)
+        if same:
+            before = result.stat().st_mtime_ns - 1_000_000_000
+            os.utime(path, ns=(before, before))
+    except (OSError, ValueError, AttributeError):
+        pass  # no result (or an unreadable one): the cell runs
+    return path
+
+
+def drop_other_cell_configs(used: Path) -> None:
+    """After a cell trained from `used` (a <cell>/config-<digest>.json), remove the cell's
+    config files of other settings: only the one its result was made from stays."""
+    for other in used.parent.glob("config-*.json"):
+        if other.name != used.name:
+            other.unlink(missing_ok=True)
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -542,7 +859,13 @@ def canonical_json(obj: Any) -> str:
 def config_hash(resolved: dict) -> str:
     """First 12 hex digits of the sha256 of the canonical JSON of a resolved cell config.
 
-    `threads` and `device` are excluded: they say where a cell ran, not what it computed.
+    `threads` and `device` are excluded although they shape a CPU result (torch splits
+    reductions by thread count): the plan cannot know what they resolve to where the cell runs
+    (`device: auto` on a GPU node, the threads Snakemake grants under `--cores`), and hashing
+    them would call every existing result stale. Instead a changed setting reruns the cell (it
+    is in the rule's params), a resume under other threads or another device starts the cell
+    over (`bench.train.ENVIRONMENT_KEYS`), and `bench verify` flags a result computed with
+    other settings than the config's.
     """
     keyed = {k: v for k, v in resolved.items() if k not in ("threads", "device")}
     return hashlib.sha256(canonical_json(keyed).encode()).hexdigest()[:12]

@@ -409,6 +409,42 @@ def _truncated_checkpoint(work: Path) -> Outcome:
                     f"{'yes' if detected else 'no'}; rerun exit {code}", lost, dup, problems)
 
 
+@fault("retrain_tracking", "retrain with tracking on: a finished cell trained again under the "
+       "same config hash, as `-R train` after a code change does (result deleted; the rerun "
+       "uses 2 threads, which changes CPU values as a code change would)",
+       "a new MLflow run; the old one tagged superseded_by it; the current run equals the new "
+       "result.json at every metric and step; one current run per cell")
+def _retrain_tracking(work: Path) -> Outcome:
+    cfg = tiny_config(work)
+    uri = store_uri(work)
+    (_, path, out), = cell_files(cfg, work)
+    code_a, _ = finish(start_cell(path, out, uri, work))
+    first = json.loads(out.read_text()) if out.exists() else {}
+    out.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "train", "--cell", f"@{path}", "--out", str(out),
+         "--threads", "2", "--tracking-uri", uri],
+        env=_env(MEMREPRO_ARTIFACT_ROOT=str(work / "artifacts")), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    code_b, _ = finish(proc)
+    second = json.loads(out.read_text()) if out.exists() else {}
+    old, new = ((d.get("mlflow") or {}).get("run_id") for d in (first, second))
+    from mlflow.tracking import MlflowClient
+
+    from bench.tracking import SUPERSEDED_TAG
+
+    tag = MlflowClient(uri).get_run(old).data.tags.get(SUPERSEDED_TAG) if old else None
+    changed = [e.get("val_loss") for e in first.get("history") or []] != [
+        e.get("val_loss") for e in second.get("history") or []]
+    lost, dup, problems = check(cfg, uri)
+    ok = code_a == 0 and code_b == 0 and old and new and old != new and tag == new
+    return _verdict(bool(ok), f"exit {code_a}, then {code_b}; new run: "
+                              f"{'yes' if new and new != old else 'no'}; old run tagged "
+                              f"{SUPERSEDED_TAG}: {'yes' if tag == new else 'no'}; values "
+                              f"changed by the retrain: {'yes' if changed else 'no'}",
+                    lost, dup, problems)
+
+
 def _unwritable_results(work: Path, how: str) -> Outcome:
     """Finish cell A, make the results file system full or read-only, run cell B (must fail
     clearly, writing nothing half-way, leaving A intact), restore, run B again (must finish)."""
@@ -591,7 +627,8 @@ def _oom(work: Path) -> Outcome:
 
 @fault("budget_too_small", "a cell of a method that sizes its batch to the budget, under "
        "1 MiB: below what its first unit needs at the smallest batch",
-       "the cell fails with a message naming the unit and the budget; no result.json")
+       "the cell fails with a message naming the budget, what does not fit in it (a unit, or "
+       "the whole model) and what it needs; no result.json")
 def _budget(work: Path) -> Outcome:
     from bench.methods import METHODS
 
@@ -603,7 +640,8 @@ def _budget(work: Path) -> Outcome:
     cfg = tiny_config(work, study)
     (cell, path, out), = cell_files(cfg, work)
     code, log = finish(start_cell(path, out, None, work))
-    clear = code == 2 and "unit" in log and "budget" in log.lower() and "Traceback" not in log
+    clear = (code == 2 and "too small" in log and "1.0 MiB" in log and "needs" in log
+             and "Traceback" not in log)
     line = next((ln for ln in log.splitlines() if ln.startswith("error:")), log[-200:])
     return Outcome(clear and not out.exists(), f"exit {code}: {line[:160]}")
 
@@ -644,3 +682,177 @@ def _corrupt(work: Path) -> Outcome:
     line = next((ln for ln in text.splitlines() if ln.startswith("error:")), text[-200:])
     return Outcome(clear and not extracted and not (work / "manifest.json").exists(),
                    f"exit {proc.returncode}: {line[:160]}; extracted: {extracted}")
+
+
+def _snakemake(work: Path, config: Path, *args: str, timeout: float = 900
+               ) -> subprocess.CompletedProcess:
+    env = _env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(snakemake_cmd(work, config, "--cores", "2", *args), cwd=work,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _planned(proc: subprocess.CompletedProcess, rule: str) -> int:
+    m = re.search(rf"^{rule}\s+(\d+)$", proc.stdout + proc.stderr, re.MULTILINE)
+    return int(m.group(1)) if m else 0
+
+
+def _report_hashes(cfg: dict[str, Any]) -> set[str]:
+    """The config hashes the study's cells table (what the report shows) holds."""
+    import csv
+
+    path = Path(cfg["results"]) / study_name_of(cfg) / "tables" / "cells.csv"
+    with open(path, newline="") as f:
+        return {row["config_hash"] for row in csv.DictReader(f)}
+
+
+def study_name_of(cfg: dict[str, Any]) -> str:
+    (name,) = cfg["studies"]
+    return name
+
+
+def _expected_hashes(cfg: dict[str, Any]) -> set[str]:
+    from bench.config import config_hash
+
+    return {config_hash(resolve_cell(cfg, c)) for c in plan(cfg)}
+
+
+# Tracking off in the workflow faults below: they are about files (results, tables, report);
+# what a retrain does to a finished MLflow run is the tracking faults' business.
+_FILES_ONLY = {"enabled": False, "uri": None}
+
+
+@fault("deleted_result", "finish a workflow, delete one cell's result.json and one table, "
+       "then run plain `snakemake`",
+       "the missing result and table are remade (the cell retrains, the study is aggregated "
+       "and reported again); the report holds every cell")
+def _deleted_result(work: Path) -> Outcome:
+    cfg = tiny_config(work, {"seeds": 2, "epochs": 1}, tracking=_FILES_ONLY)
+    config = write_config(work, cfg)
+    first = _snakemake(work, config)
+    if first.returncode != 0:
+        return Outcome(False, "the first run failed: " + first.stderr[-500:])
+    victim = cell_dir(cfg["results"], plan(cfg)[1]) / "result.json"
+    victim.unlink()
+    table = Path(cfg["results"]) / study_name_of(cfg) / "tables" / "summary.csv"
+    table.unlink()
+    dry = _snakemake(work, config, "-n")
+    rerun = _snakemake(work, config)
+    lost, dup, problems = check(cfg, None, tables=True)
+    if rerun.returncode != 0:
+        problems.insert(0, "rerun failed: " + rerun.stderr[-500:])
+    ok = rerun.returncode == 0 and victim.is_file() and table.is_file()
+    return _verdict(ok, f"a plain rerun planned {_planned(dry, 'train')} cell and "
+                        f"{_planned(dry, 'aggregate')} aggregate; result and table back: "
+                        f"{'yes' if ok else 'no'}", lost, dup, problems)
+
+
+@fault("stale_result", "finish a workflow, delete `.snakemake/` (a fresh clone on the same "
+       "results folder), change the learning rate and add a seed, run `snakemake`",
+       "exactly the changed cells rerun (every old cell, and the new seed); the tables and the "
+       "report hold only results of the current config; a result of another config is never "
+       "aggregated")
+def _stale_result(work: Path) -> Outcome:
+    cfg = tiny_config(work, {"seeds": 2, "epochs": 1}, tracking=_FILES_ONLY)
+    config = write_config(work, cfg)
+    first = _snakemake(work, config)
+    if first.returncode != 0:
+        return Outcome(False, "the first run failed: " + first.stderr[-500:])
+    shutil.rmtree(work / ".snakemake")
+    unchanged = _snakemake(work, config, "-n")
+    quiet = "Nothing to be done" in unchanged.stdout + unchanged.stderr
+    shutil.rmtree(work / ".snakemake", ignore_errors=True)
+    study = cfg["studies"][study_name_of(cfg)]
+    changed = tiny_config(work, {"seeds": 3, "epochs": 1,
+                                 "train": {**study["train"], "lr": study["train"]["lr"] / 2}},
+                          tracking=_FILES_ONLY)
+    config = write_config(work, changed)
+    dry = _snakemake(work, config, "-n")
+    shutil.rmtree(work / ".snakemake", ignore_errors=True)
+    rerun = _snakemake(work, config)
+    lost, dup, problems = check(changed, None, tables=True)
+    if rerun.returncode != 0:
+        problems.insert(0, "rerun failed: " + rerun.stderr[-500:])
+    reported = _report_hashes(changed) if rerun.returncode == 0 else set()
+    current = reported == _expected_hashes(changed)
+    if not current:
+        problems.append("the report holds results of another config")
+    return _verdict(rerun.returncode == 0 and quiet and _planned(dry, "train") == 3,
+                    f"unchanged config without metadata: "
+                    f"{'nothing to do' if quiet else 'REPLANNED'}; lr halved + a third seed: "
+                    f"{_planned(dry, 'train')} of 3 cells rerun; report current: "
+                    f"{'yes' if current else 'NO'}", lost, dup, problems)
+
+
+# shell syntax that would create `pwned*` in the job's working directory if ever run
+_PAYLOAD = "x$(touch pwned1) `touch pwned2` ; touch pwned3 ' \" && touch pwned4"
+
+
+@fault("injection_attempt", "shell syntax in a study name, then in the results folder and "
+       "data_root (`$(...)`, backticks, `;`, `&&`, quotes), tracking on",
+       "the study name stops snakemake before any job with one line naming it; the paths are "
+       "taken literally: the run completes under that folder and nothing of them executes")
+def _injection(work: Path) -> Outcome:
+    cfg = tiny_config(work, {"epochs": 1})
+    bad = copy.deepcopy(cfg)
+    bad["studies"] = {_PAYLOAD: bad["studies"][study_name_of(cfg)]}
+    config = write_config(work, bad)
+    refused = _snakemake(work, config)
+    text = refused.stdout + refused.stderr
+    named = refused.returncode != 0 and "does not match" in text and "Traceback" not in text
+    no_results = not (work / "results").exists()
+    results = work / f"res {_PAYLOAD} ü"
+    good = tiny_config(work, {"epochs": 1})
+    good.update(results=str(results), data_root=str(work / f"data {_PAYLOAD}"))
+    good["tracking"] = {"enabled": True, "uri": None}
+    config = write_config(work, good)
+    run = _snakemake(work, config)
+    executed = sorted(str(p.relative_to(work)) for p in work.rglob("pwned*"))
+    lost, dup, problems = check(good, f"sqlite:///{results / 'mlflow.db'}", tables=True)
+    if run.returncode != 0:
+        problems.insert(0, "the run under the payload path failed: " + run.stderr[-500:])
+    if executed:
+        problems.insert(0, f"EXECUTED: {', '.join(executed)}")
+    return _verdict(named and no_results and run.returncode == 0 and not executed,
+                    f"study name refused before any job: {'yes' if named else 'NO'}; "
+                    f"payload paths: run exit {run.returncode}, files created by the payload: "
+                    f"{len(executed)}", lost, dup, problems)
+
+
+class _Planted:
+    """A pickle that creates `path` when loaded (what a planted checkpoint could do)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.path,))
+
+
+@fault("malicious_checkpoint", "plant a checkpoint.pt that runs code when unpickled (with the "
+       "cell's own config hash) in a cell folder, then run the cell",
+       "the checkpoint is refused unread (weights_only), the cell starts from scratch and "
+       "finishes; the planted code never runs")
+def _malicious_checkpoint(work: Path) -> Outcome:
+    import torch
+
+    from bench.config import config_hash
+
+    cfg = tiny_config(work, {"epochs": 2})
+    uri = store_uri(work)
+    (cell, path, out), = cell_files(cfg, work)
+    marker = work / "pwned"
+    out.parent.mkdir(parents=True)
+    torch.save({"config_hash": config_hash(resolve_cell(cfg, cell)), "epoch": 1,
+                "payload": _Planted(marker)}, out.parent / "checkpoint.pt")
+    code, log = finish(start_cell(path, out, uri, work))
+    refused = "refused" in log
+    result = json.loads(out.read_text()) if out.exists() else {}
+    resumed = (result.get("provenance") or {}).get("resumed_from_epoch")
+    lost, dup, problems = check(cfg, uri)
+    if marker.exists():
+        problems.insert(0, "the planted code RAN")
+    return _verdict(code == 0 and refused and resumed is None and not marker.exists(),
+                    f"refused: {'yes' if refused else 'no'}; code ran: "
+                    f"{'YES' if marker.exists() else 'no'}; cell exit {code}, from scratch: "
+                    f"{'yes' if resumed is None else 'no'}", lost, dup, problems)

@@ -4,7 +4,9 @@
 - Device-independent activation memory: `saved_activation_bytes` counts the bytes autograd saves
   for backward (via `torch.autograd.graph.saved_tensors_hooks`), deduplicated by storage,
   parameters excluded. It is the memory figure CI can check on CPU.
-- Accelerator memory: `AcceleratorPeak` (peak allocated / reserved MiB, None on CPU).
+- Accelerator memory: `AcceleratorPeak` (peak allocated / reserved MiB, None on CPU);
+  `resident_bytes` (the device-resident dataset) and `without_resident` give the paper-comparable
+  peaks `peak_train_mib` / `peak_eval_mib` (a paper's training process keeps its data on the host).
 - FLOPs: `count_flops` with `torch.utils.flop_counter.FlopCounterMode`, with the weight-gradient
   count of grouped/depthwise convolutions corrected (torch's formula overcounts it by `groups`).
 - Time: `sync`, `Stopwatch` (synchronise before reading the clock).
@@ -366,6 +368,31 @@ class AcceleratorPeak:
             torch.cuda.max_memory_allocated(self.device) / MIB,
             torch.cuda.max_memory_reserved(self.device) / MIB,
         )
+
+
+def resident_bytes(tensors: Iterable[Tensor], device: torch.device | str) -> int:
+    """Bytes of the tensors that live on `device` (e.g. a dataset moved there once), each
+    storage counted once."""
+    device = _as_device(device)
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if t.device.type != device.type or device.index not in (None, t.device.index):
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
+    return total
+
+
+def without_resident(peak_mib: float | None, resident: int) -> float | None:
+    """A measured peak (MiB) minus `resident` bytes (the device-resident dataset), in MiB:
+    the figure of a process that keeps its data on the host. None when nothing was measured."""
+    if peak_mib is None:
+        return None
+    return peak_mib - resident / MIB
 
 
 class Stopwatch:

@@ -2,11 +2,23 @@
 
 `build_report` reads the tables that aggregation wrote (`results/<study>/tables/*.csv`, see
 docs/contracts.md "Tables"), draws the figures with matplotlib, and renders
-`reports/report.html.j2` (one self-contained page: CSS inlined, figures as base64 PNG) and
-`reports/report.tex.j2` (booktabs tables, PDF figures under `figures/`).
+`reports/report.html.j2` (one self-contained page: CSS inlined, figures as base64 PNG, no
+script, a print stylesheet) and `reports/report.tex.j2` (booktabs longtables, PDF figures under
+`figures/`; every scorecard, table and figure also its own `\\input`-able file under `tex/`).
 
-Both outputs format numbers through the one function `format_number`, so a number in either
-report can be checked against its CSV. Studies extend the report without editing this file:
+Verdict first (DESIGN.md "The report"): the page opens on an overview (per paper, its claims by
+verdict, failed mechanism checks, cells), then per study a scorecard (`scorecard_table`: every
+claim and group with its verdict badge, statement, the paper's number, the reproduced estimate
+with its 90% CI and the seeds a decisive verdict would need, the mechanism checks of each group
+under its claims; `figure_forest` above it), then the study's figures, then its tables, each
+collapsed behind a one-line summary (`Table.one_line`), the cells table last. Studies without
+claims come last.
+
+Both outputs format numbers through the one function `format_number` (a zero spread prints 0,
+intervals of fractions are clipped to [0, 1] and marked †), so a number in either report can be
+checked against its CSV. HTML columns cut or wrap long text (`Column.html`) so that no table is
+wider than a 1280 px window; LaTeX columns are sized from their content to the text width
+(`latex_layout`). Studies extend the report without editing this file:
 `STUDY_FIGURES[study]` adds figures, `STUDY_TABLES[study]` adds tables, and a template
 `reports/partials/studies/<study>.{html,tex}.j2`, when present, is included after the generic
 section of that study.
@@ -20,6 +32,7 @@ import math
 import os
 import re
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +41,7 @@ from typing import Any
 import jinja2
 import matplotlib
 import matplotlib.colors
+import matplotlib.patches
 import matplotlib.style
 import numpy as np
 import pandas as pd
@@ -59,17 +73,20 @@ MEMORY_METRICS = (
     "modelled_peak_mib",
     "peak_alloc_mib",
     "peak_reserved_mib",
+    "peak_train_mib",
+    "peak_eval_mib",
 )
-ACCELERATOR_METRICS = ("peak_alloc_mib", "peak_reserved_mib")
+ACCELERATOR_METRICS = ("peak_alloc_mib", "peak_reserved_mib", "peak_train_mib", "peak_eval_mib")
 NOT_MEASURED = "not measured on this device"
 
 # Columns read as text, never as numbers: a config hash of twelve digits or a budget of `27946`
 # is a name, and `none`/`NA` are values, not missing.
 TEXT_COLUMNS = frozenset(
     {
-        "study", "method", "reference", "model", "dataset", "budget", "status", "reason",
-        "config_hash", "mlflow_run_id", "phase", "metric", "claim_id", "description", "source",
-        "verdict", "check", "note",
+        "study", "method", "reference", "versus", "model", "dataset", "budget", "status",
+        "reason", "config_hash", "mlflow_run_id", "phase", "metric", "claim_id", "description",
+        "source", "verdict", "check", "note", "kind", "scope", "endpoint", "test",
+        "margin_origin",
     }
 )  # fmt: skip
 
@@ -92,7 +109,9 @@ def _is_missing(x: Any) -> bool:
         return False
 
 
-def format_number(x: Any, digits: int = 4, *, latex: bool = False) -> str:
+def format_number(
+    x: Any, digits: int = 4, *, latex: bool = False, scale: Any = None, tiny: float = 1e-12
+) -> str:
     """The one number format of both reports.
 
     - missing (None, NaN, empty) -> "—" in HTML, "--" in LaTeX;
@@ -100,9 +119,12 @@ def format_number(x: Any, digits: int = 4, *, latex: bool = False) -> str:
     - floats: `digits` significant digits (`'%.4g'`: 0.83194 -> "0.8319", 12.345 -> "12.35",
       0.0001234 -> "0.0001234", 1.2e-07 -> "1.2e-07"), except that values with more integer
       digits than `digits` are rounded to an integer instead of switching to exponent form
-      (12345.6 -> "12346"); "-0" is written "0"; infinities "inf"/"-inf".
+      (12345.6 -> "12346"); "-0" is written "0"; infinities "inf"/"-inf";
+    - floating-point noise of a zero is written "0": a magnitude below `tiny` (1e-12), or below
+      1e-9 of `scale` when given (the spread of identical values next to their mean: the std
+      of three equal accuracies is 4.4e-17, not a number to print).
 
-    p-values use `digits=3` (`format_p`).
+    p-values use `digits=3` and no noise floor (`format_p`): a p of 1e-15 is a real p.
     """
     if _is_missing(x):
         return MISSING_LATEX if latex else MISSING_HTML
@@ -115,13 +137,49 @@ def format_number(x: Any, digits: int = 4, *, latex: bool = False) -> str:
     value = float(x)
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    if abs(value) < tiny or (
+        scale is not None and not _is_missing(scale) and abs(value) <= 1e-9 * abs(float(scale))
+    ):
+        return "0"
     text = f"{value:.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
     return "0" if text == "-0" else text
 
 
 def format_p(p: Any, *, latex: bool = False) -> str:
-    """p-values: three significant digits (`format_number(p, 3)`)."""
-    return format_number(p, 3, latex=latex)
+    """p-values: three significant digits (`format_number(p, 3)`), no noise floor."""
+    return format_number(p, 3, latex=latex, tiny=0.0)
+
+
+def metric_bounds(metric: Any) -> tuple[float, float] | None:
+    """The range a metric cannot leave: accuracies and sparsities are fractions in [0, 1]
+    (`val_acc`, `fgsm_acc`, `acc_at_r0.5`, `exit_val_acc`, `mean_weight_sparsity`); None for
+    unbounded metrics (losses, MiB, speed-ups)."""
+    name = "" if _is_missing(metric) else str(metric)
+    if re.search(r"(^|_)acc($|_)|accuracy|sparsity", name):
+        return (0.0, 1.0)
+    return None
+
+
+def difference_bounds(metric: Any) -> tuple[float, float] | None:
+    """The range of a difference of two values of the metric ([-1, 1] for fractions)."""
+    b = metric_bounds(metric)
+    return None if b is None else (b[0] - b[1], b[1] - b[0])
+
+
+def clip_interval(low: Any, high: Any, bounds: tuple[float, float] | None
+                  ) -> tuple[Any, Any, bool]:
+    """(low, high, clipped): a t-interval clipped to the metric's range, and whether it was."""
+    if bounds is None:
+        return low, high, False
+    clipped = False
+    if not _is_missing(low) and float(low) < bounds[0]:
+        low, clipped = bounds[0], True
+    if not _is_missing(high) and float(high) > bounds[1]:
+        high, clipped = bounds[1], True
+    return low, high, clipped
+
+
+CLIPPED_MARK = "†"
 
 
 def format_value(x: Any, *, latex: bool = False) -> str:
@@ -176,15 +234,65 @@ _LATEX_SPECIALS = {
     "·": r"$\cdot$",
     "…": r"\ldots{}",
     "→": r"$\rightarrow$",
+    "†": r"\textsuperscript{\dag}",
+    "Δ": r"$\Delta$",
+    "²": r"\textsuperscript{2}",
+    "τ": r"$\tau$",
+    "✓": r"$\surd$",
+    "✗": r"$\times$",
+    "\u200b": r"\allowbreak{}",  # a break opportunity (`breakable`)
+    "\u00a0": "~",  # a no-break space
 }
 _LATEX_RE = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIALS))
 
 
+_GREEK_CAPITALS = {"GAMMA", "DELTA", "THETA", "LAMDA", "XI", "PI", "SIGMA", "UPSILON", "PHI",
+                   "PSI", "OMEGA"}
+
+
+def _unicode_fallback(ch: str) -> str:
+    """A character pdflatex cannot set from utf8 input: a Greek letter as its math symbol,
+    anything else as its Unicode name in brackets (the document still compiles, and says what
+    was there)."""
+    name = unicodedata.name(ch, f"U+{ord(ch):04X}")
+    m = re.fullmatch(r"GREEK (SMALL|CAPITAL) LETTER (\w+)", name)
+    if m and (m.group(1) == "SMALL" or m.group(2) in _GREEK_CAPITALS):
+        letter = m.group(2).lower().replace("lamda", "lambda")
+        return f"$\\{letter.capitalize() if m.group(1) == 'CAPITAL' else letter}$"
+    return f"[{name.lower()}]"
+
+
 def latex_escape(text: Any) -> LatexSafe:
-    """Escape & % $ # _ { } ~ ^ \\ (and a few unicode symbols) for LaTeX text mode."""
+    """Escape & % $ # _ { } ~ ^ \\ (and a few unicode symbols) for LaTeX text mode; a character
+    beyond Latin-1 that pdflatex cannot set becomes a math symbol or its name
+    (`_unicode_fallback`)."""
     if isinstance(text, LatexSafe):
         return text
-    return LatexSafe(_LATEX_RE.sub(lambda m: _LATEX_SPECIALS[m.group(0)], str(text)))
+    out = _LATEX_RE.sub(lambda m: _LATEX_SPECIALS[m.group(0)], str(text))
+    return LatexSafe(re.sub(r"[^\x00-\xff]", lambda m: _unicode_fallback(m.group(0)), out))
+
+
+_BREAK = "\u200b"
+
+
+def breakable(text: Any, chunk: int = 8) -> str:
+    """Text with break opportunities for a narrow LaTeX column: after `_`, `/` and `,`, and every
+    `chunk` characters of a longer unbroken run (a 32-digit run id); `latex_escape` writes
+    them as `\\allowbreak{}`. LaTeX only: the HTML report never carries them."""
+    if _is_missing(text):
+        return text
+    marked = re.sub(r"([_/,=])(?=\S)", "\\1" + _BREAK, str(text))
+
+    def split(m: re.Match) -> str:
+        parts = m.group(0).split(_BREAK)
+        out = []
+        for part in parts:
+            if len(part) > chunk + 4:
+                part = _BREAK.join(part[i:i + chunk] for i in range(0, len(part), chunk))
+            out.append(part)
+        return _BREAK.join(out)
+
+    return re.sub(r"\S+", split, marked)
 
 
 def file_stem(text: str) -> str:
@@ -255,41 +363,80 @@ class Figure:
 
 @dataclass
 class Cell:
-    """One table cell. kind: text | num | int | p | ci | code | note | badge."""
+    """One table cell. kind: text | num | int | p | ci | code | note | badge.
+
+    `scale`: a num cell's magnitude of reference (a std's mean: see `format_number`);
+    `bounds`: a ci cell's metric range (`metric_bounds`): the interval is clipped to it and
+    marked † when it leaves it; `title`: the full text behind a truncated cell (HTML tooltip);
+    `sub`: a second, smaller line under the value (the scorecard's claim cells). A badge cell's
+    value is a verdict: the badge shows its category, the title its full text.
+    """
 
     value: Any
     kind: str = "text"
     css: str = ""
+    title: str = ""
+    sub: str = ""
+    scale: Any = None
+    bounds: tuple[float, float] | None = None
+    href: str = ""  # HTML: the cell links there
+
+    @property
+    def clipped(self) -> bool:
+        if self.kind == "ci":
+            return clip_interval(*self.value, self.bounds)[2]
+        if self.kind == "est":
+            return clip_interval(*self.value[1:], self.bounds)[2]
+        return False
 
 
 @dataclass
 class Column:
+    """A table column. `html`: CSS classes of its HTML cells (`id`: a name that may break
+    anywhere; `trunc`: one line cut with an ellipsis, the full text on hover; `wrap`: text that
+    wraps in a bounded width; `clamp`: at most two lines). `latex=False`: HTML only.
+    `latex_spec`: a fixed LaTeX width (`"p{5cm}"`, `RAGGED + "{5cm}"`); the other columns share
+    the rest of the text width by their content (`latex_layout`)."""
+
     label: str
     align: str = "l"  # l | r
     latex: bool = True  # False: HTML only (long text that does not fit a printed page)
-    latex_spec: str | None = None  # e.g. "p{5cm}"; default: the alignment
+    latex_spec: str | None = None
     latex_label: str | None = None  # raw LaTeX for the header, e.g. "$d_z$"
+    html: str = ""
 
     @property
     def latex_header(self) -> LatexSafe:
-        return LatexSafe(self.latex_label) if self.latex_label else latex_escape(self.label)
+        if self.latex_label:
+            return LatexSafe(self.latex_label)
+        return latex_escape(breakable(self.label))
 
 
 @dataclass
 class Group:
     label: str  # "" for an ungrouped table
     rows: list[list[Cell]]
+    footer: list[Cell] = field(default_factory=list)  # one full-width line after the rows
 
 
 @dataclass
 class Table:
-    """A table rendered by the `table` macro of both templates."""
+    """A table rendered by the `table` macro of both templates.
+
+    `title`: its short name (the one-line summary of its collapsed HTML section and the name of
+    its standalone LaTeX file); `summary`: that one line (default: the title and row count);
+    `scroll`: a study's own table whose width this module does not control: the HTML page
+    puts it in a horizontal scroll container (a last resort; the generic tables fit 1280 px).
+    """
 
     id: str
     caption: str
     columns: list[Column]
     groups: list[Group]
     notes: list[str] = field(default_factory=list)
+    title: str = ""
+    summary: str = ""
+    scroll: bool = False
 
     def columns_for(self, target: str) -> list[Column]:
         return [c for c in self.columns if target == "html" or c.latex]
@@ -298,15 +445,48 @@ class Table:
         if target == "html":
             return self.groups
         keep = [i for i, c in enumerate(self.columns) if c.latex]
-        return [Group(g.label, [[row[i] for i in keep] for row in g.rows]) for g in self.groups]
+        return [Group(g.label, [[row[i] for i in keep] for row in g.rows], g.footer)
+                for g in self.groups]
+
+    @property
+    def latex(self) -> LatexLayout:
+        """Its LaTeX layout: column spec, full width, landscape or not (`latex_layout`)."""
+        return latex_layout(self)
 
     @property
     def latex_spec(self) -> LatexSafe:
-        return LatexSafe("".join(c.latex_spec or c.align for c in self.columns_for("latex")))
+        return self.latex.spec
 
     @property
     def n_rows(self) -> int:
         return sum(len(g.rows) for g in self.groups)
+
+    @property
+    def all_notes(self) -> list[str]:
+        """Its notes, and the † note when an interval of it was clipped."""
+        clipped = [c for g in self.groups for row in g.rows for c in row if c.clipped]
+        if not clipped:
+            return list(self.notes)
+        lo, hi = clipped[0].bounds or (0.0, 1.0)
+        return [*self.notes, (
+            f"{CLIPPED_MARK} interval clipped to the metric's range [{format_number(lo)}, "
+            f"{format_number(hi)}] (a fraction cannot leave it); the t-interval itself is in "
+            "the CSV and in the cell's tooltip."
+        )]
+
+    @property
+    def one_line(self) -> str:
+        """The line that stands for the table while it is collapsed."""
+        if self.summary:
+            return self.summary
+        title = self.title or _first_sentence(self.caption)
+        n = self.n_rows
+        return f"{title} ({n} row{'s' if n != 1 else ''})"
+
+
+def _first_sentence(text: str, limit: int = 90) -> str:
+    first = re.split(r"(?<=[.;])\s", str(text).strip(), maxsplit=1)[0].rstrip(".;")
+    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
 def _render_cell(cell: Cell, *, latex: bool) -> str:
@@ -314,12 +494,21 @@ def _render_cell(cell: Cell, *, latex: bool) -> str:
     if kind == "p":
         return format_p(v, latex=latex)
     if kind in ("num", "int"):
-        return format_number(v, latex=latex)
+        return format_number(v, latex=latex, scale=cell.scale)
     if kind == "ci":
-        low, high = v
+        low, high, clipped = clip_interval(*v, cell.bounds)
         if _is_missing(low) and _is_missing(high):
             return MISSING_LATEX if latex else MISSING_HTML
-        return f"[{format_number(low, latex=latex)}, {format_number(high, latex=latex)}]"
+        mark = CLIPPED_MARK if clipped else ""
+        return f"[{format_number(low, latex=latex)}, {format_number(high, latex=latex)}]{mark}"
+    if kind == "est":  # (estimate, ci_low, ci_high): '0.8276 [0.82, 0.84]'
+        est, low, high = v
+        if _is_missing(est):
+            return MISSING_LATEX if latex else MISSING_HTML
+        ci = _render_cell(Cell((low, high), "ci", bounds=cell.bounds), latex=latex)
+        return f"{format_number(est, latex=latex)} {ci}"
+    if kind == "badge":
+        return _verdict_kind(v)
     return format_value(v, latex=latex)
 
 
@@ -328,14 +517,132 @@ def html_cell(cell: Cell) -> str:
     return _render_cell(cell, latex=False)
 
 
+WBR_MIN_CHARS = 24  # a shorter name fits its column whole (12em) and stays greppable as is
+
+
+def html_breakable(text: Any) -> Markup:
+    """Escaped text in which a name longer than WBR_MIN_CHARS gets a break opportunity (<wbr>)
+    after each `_` and `/`: it wraps at its parts, not mid-word (the browser's copy and find
+    still see one word). Shorter names are left as they are."""
+
+    def mark(m: re.Match) -> str:
+        word = m.group(0)
+        return re.sub(r"([_/])(?=\w)", r"\1<wbr>", word) if len(word) > WBR_MIN_CHARS else word
+
+    return Markup(re.sub(r"\S+", mark, str(Markup.escape(text))))
+
+
+def html_title(cell: Cell, column: Column | None = None) -> str:
+    """The tooltip of an HTML cell: its `title`, else the full text of a cut or clipped cell."""
+    if cell.title:
+        return cell.title
+    if cell.kind in ("ci", "est") and cell.clipped:
+        low, high = cell.value[-2:]
+        return (f"t-interval [{format_number(low)}, {format_number(high)}], clipped to "
+                f"[{format_number(cell.bounds[0])}, {format_number(cell.bounds[1])}]")
+    if cell.kind == "badge":
+        return format_value(cell.value)
+    if column is not None and re.search(r"\b(trunc|clamp|id)\b", column.html):
+        return html_cell(cell)
+    return ""
+
+
 def latex_cell(cell: Cell) -> LatexSafe:
-    """A cell as LaTeX: escaped text, code in \\texttt, notes in \\emph."""
-    text = latex_escape(_render_cell(cell, latex=True))
+    """A cell as LaTeX: escaped text (with break opportunities), code in \\texttt, notes in
+    \\emph, a second line in \\scriptsize."""
+    text = _render_cell(cell, latex=True)
+    if cell.kind not in ("num", "int", "p"):
+        text = breakable(text)
+    out = latex_escape(text)
     if cell.kind == "code" and not _is_missing(cell.value):
-        return LatexSafe(r"\texttt{" + text + "}")
-    if cell.kind == "note":
-        return LatexSafe(r"\emph{" + text + "}")
-    return text
+        out = LatexSafe(r"\texttt{" + out + "}")
+    elif cell.kind == "note":
+        out = LatexSafe(r"\emph{" + out + "}")
+    elif cell.kind == "badge" and _verdict_kind(cell.value) in ("reproduced", "contradicted"):
+        out = LatexSafe(r"\textbf{" + out + "}")
+    if cell.sub:
+        out = LatexSafe(out + r"\newline{\scriptsize " + latex_escape(breakable(cell.sub)) + "}")
+    return LatexSafe(out)
+
+
+# LaTeX column widths. Tables are set in \footnotesize (8 pt) with \tabcolsep 4 pt on A4 with
+# 2 cm margins: a text width of 483 pt (728 pt on a landscape page). A character of Latin
+# Modern at 8 pt is 2.4-6.6 pt wide (digits 4.25 pt); 4.7 pt is the conservative estimate every
+# width below is computed with.
+LATEX_TEXT_PT = 483.0
+LATEX_LANDSCAPE_PT = 728.0
+LATEX_CHAR_PT = 4.7
+LATEX_PAD_PT = 8.0  # 2 \tabcolsep
+_FIXED_SPEC = re.compile(r"^(?:>\{[^}]*\})?p\{([0-9.]+)(cm|mm|pt|in)\}$")
+_UNIT_PT = {"cm": 28.4528, "mm": 2.84528, "pt": 1.0, "in": 72.27}
+
+
+def _latex_plain(cell: Cell) -> str:
+    text = _render_cell(cell, latex=True)
+    return text + (" " + cell.sub if cell.sub else "")
+
+
+@dataclass(frozen=True)
+class LatexLayout:
+    """How a table is set in LaTeX: its column spec, its full width (for the lines that span
+    it) and whether it needs a landscape page (its words do not fit a portrait one)."""
+
+    spec: LatexSafe
+    width: LatexSafe
+    landscape: bool
+
+
+def latex_layout(t: Table) -> LatexLayout:
+    """Column widths that never run past the text width: every column a paragraph column whose
+    width is a fraction of \\linewidth, from its content: its natural width when the whole
+    table fits, else at least its longest unbreakable word (words break after `_`, `/` and
+    every 8 characters of a long run: `breakable`) with the rest shared by how much text each
+    column holds. When even the words do not fit a portrait page the table goes on a landscape
+    one (pdflscape). A column's `latex_spec` of the form `p{5cm}` keeps that width."""
+    cols = t.columns_for("latex")
+    rows = [row for g in t.groups_for("latex") for row in g.rows]
+    natural, minimum, fixed = [], [], []
+    for i, c in enumerate(cols):
+        m = _FIXED_SPEC.match(c.latex_spec or "")
+        fixed.append(float(m.group(1)) * _UNIT_PT[m.group(2)] if m else None)
+        texts = [_latex_plain(r[i]) for r in rows]
+        header_words = breakable(c.label).replace(_BREAK, " ").split() or [""]
+        longest = max([len(x) for x in texts] + [len(c.label)], default=1)
+        # words: what LaTeX cannot break (a no-break space joins, `breakable` splits)
+        words = [w for x in texts for w in re.split(r"[ \t\n]+", breakable(x).replace(_BREAK, " "))]
+        natural.append(min(longest, 60))
+        minimum.append(max([len(w) for w in words + header_words] + [3]))
+    free = [i for i in range(len(cols)) if fixed[i] is None]
+
+    def budget(text_pt: float) -> float:
+        return (text_pt - sum(f + LATEX_PAD_PT for f in fixed if f is not None)
+                - LATEX_PAD_PT * len(free))
+
+    landscape = sum(minimum[i] for i in free) * LATEX_CHAR_PT > budget(LATEX_TEXT_PT)
+    text_pt = LATEX_LANDSCAPE_PT if landscape else LATEX_TEXT_PT
+    room = budget(text_pt)
+    width_pt = {i: natural[i] * LATEX_CHAR_PT for i in free}
+    if sum(width_pt.values()) > room:  # share: the words first, the rest by text held
+        width_pt = {i: minimum[i] * LATEX_CHAR_PT for i in free}
+        rest = room - sum(width_pt.values())
+        want = {i: max(natural[i] - minimum[i], 0) * LATEX_CHAR_PT for i in free}
+        total = sum(want.values())
+        if rest > 0 and total > 0:
+            for i in free:
+                width_pt[i] += rest * want[i] / total
+        elif rest < 0:  # not even on a landscape page: shrink in proportion (words break)
+            k = room / sum(width_pt.values())
+            width_pt = {i: w * k for i, w in width_pt.items()}
+    specs, total = [], 0.0
+    for i, c in enumerate(cols):
+        w = fixed[i] if fixed[i] is not None else width_pt[i]
+        frac = math.floor((w + LATEX_PAD_PT) / text_pt * 1e4) / 1e4  # never round up
+        total += frac
+        align = r"\raggedleft" if c.align == "r" else r"\raggedright"
+        specs.append(f">{{{align}\\arraybackslash\\hspace{{0pt}}}}"
+                     f"p{{\\dimexpr {frac:.4f}\\linewidth-2\\tabcolsep\\relax}}")
+    width = f"\\dimexpr {min(total, 1.0):.4f}\\linewidth-2\\tabcolsep\\relax"
+    return LatexLayout(LatexSafe("".join(specs)), LatexSafe(width), landscape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,12 +773,16 @@ def _sorted_rows(g: pd.DataFrame, t: StudyTables, metric_first: bool) -> list[pd
     return sorted((r for _, r in g.iterrows()), key=key)
 
 
+def _ci(row: Mapping[str, Any] | pd.Series, low: str, high: str, bounds=None) -> Cell:
+    return Cell((_get(row, low), _get(row, high)), "ci", bounds=bounds)
+
+
 def summary_table(t: StudyTables) -> Table | None:
     df = t.summary
     if df.empty:
         return None
     cols = [
-        Column("metric"), Column("method"), Column("mean", "r"), Column("std", "r"),
+        Column("metric"), Column("method", html="id"), Column("mean", "r"), Column("std", "r"),
         Column("95% CI", "r"), Column("n", "r"),
     ]  # fmt: skip
     groups = []
@@ -479,12 +790,14 @@ def summary_table(t: StudyTables) -> Table | None:
         rows = [
             [
                 Cell(_get(r, "metric")), Cell(_get(r, "method")), Cell(_get(r, "mean"), "num"),
-                Cell(_get(r, "std"), "num"), Cell((_get(r, "ci_low"), _get(r, "ci_high")), "ci"),
+                Cell(_get(r, "std"), "num", scale=_get(r, "mean")),
+                _ci(r, "ci_low", "ci_high", metric_bounds(_get(r, "metric"))),
                 Cell(_get(r, "n"), "int"),
             ]  # fmt: skip
             for r in _sorted_rows(g, t, metric_first=True)
         ]
         groups.append(Group(group_label(*key), rows))
+    n_metrics = df["metric"].nunique() if "metric" in df else 0
     return Table(
         id=f"summary-{slug(t.study.name)}",
         caption=(
@@ -493,14 +806,21 @@ def summary_table(t: StudyTables) -> Table | None:
         ),
         columns=cols,
         groups=groups,
+        title="Summary",
+        summary=(f"Summary: mean, std and 95% CI of {n_metrics} metrics per method and group "
+                 f"({len(df)} rows)"),
     )
 
 
 def family_size(paired: pd.DataFrame) -> int:
-    """K: the number of tested comparisons of a study, the family of the Holm correction."""
+    """K: the number of tested primary comparisons of a study, the family of the Holm
+    correction (every tested row when the table has no endpoint column)."""
     if paired.empty or "status" not in paired:
         return 0
-    return int((paired["status"] == "tested").sum())
+    tested = paired["status"] == "tested"
+    if "endpoint" in paired:
+        tested &= paired["endpoint"] == "primary"
+    return int(tested.sum())
 
 
 def paired_table(t: StudyTables) -> Table | None:
@@ -508,24 +828,28 @@ def paired_table(t: StudyTables) -> Table | None:
     if df.empty:
         return None
     k = family_size(df)
-    refs = _order(df.get("reference", []), [t.study.reference])
+    refs = _order(df.get("versus", []), [t.study.reference])
     ref_text = ", ".join(refs) or t.study.reference
     cols = [
-        Column("method"), Column("metric"), Column("n pairs", "r"), Column("mean diff", "r"),
+        Column("method", html="id"), Column("versus", html="id"), Column("metric"),
+        Column("n pairs", "r"), Column("mean diff", "r"),
         Column("95% CI of diff", "r"), Column("t", "r", latex_label="$t$"),
         Column("p", "r", latex_label="$p$"), Column("p (Holm)", "r", latex_label="$p$ (Holm)"),
-        Column("d_z", "r", latex_label="$d_z$"), Column("status"),
+        Column("d_z", "r", latex_label="$d_z$"), Column("status", html="trunc"),
     ]  # fmt: skip
     groups = []
     for key, g in _groups(df):
         rows = []
         for r in _sorted_rows(g, t, metric_first=False):
             status = _get(r, "status")
+            scale = max((abs(float(x)) for x in (_get(r, "mean_method"), _get(r, "mean_versus"))
+                         if _numeric(x) and not _is_missing(x)), default=None)
             rows.append(
                 [
-                    Cell(_get(r, "method")), Cell(_get(r, "metric")),
-                    Cell(_get(r, "n_pairs"), "int"), Cell(_get(r, "mean_diff"), "num"),
-                    Cell((_get(r, "diff_ci_low"), _get(r, "diff_ci_high")), "ci"),
+                    Cell(_get(r, "method")), Cell(_get(r, "versus")), Cell(_get(r, "metric")),
+                    Cell(_get(r, "n_pairs"), "int"),
+                    Cell(_get(r, "mean_diff"), "num", scale=scale),
+                    _ci(r, "diff_ci_low", "diff_ci_high", difference_bounds(_get(r, "metric"))),
                     Cell(_get(r, "t"), "num"), Cell(_get(r, "p"), "p"),
                     Cell(_get(r, "p_holm"), "p"), Cell(_get(r, "d_z"), "num"),
                     Cell(status, css="tested" if status == "tested" else "untestable"),
@@ -533,14 +857,21 @@ def paired_table(t: StudyTables) -> Table | None:
             )
         groups.append(Group(group_label(*key), rows))
     caption = (
-        f"Each method against the reference ({ref_text}): paired t-test (scipy.stats.ttest_rel) "
-        "on the difference method − reference, paired on seed index; mean difference with its "
-        "95% t-interval; d_z = mean difference / standard deviation of the differences. "
-        f"Holm correction across the study's family of K = {k} tested comparisons "
-        f"(every tested method × metric × group of study {t.study.name}). "
+        f"Each method against the reference ({ref_text}) and every comparison the study or its "
+        "claims declare: paired t-test (scipy.stats.ttest_rel) on the difference method − "
+        "versus, paired on seed index; mean difference with its 95% t-interval; d_z = mean "
+        "difference / standard deviation of the differences. "
+        f"Holm correction across the study's family of K = {k} tested comparisons of its "
+        f"primary endpoints (study {t.study.name}); secondary endpoints are unadjusted. "
         "With fewer than 3 pairs a comparison is not testable and has no p-value."
     )
-    return Table(id=f"paired-{slug(t.study.name)}", caption=caption, columns=cols, groups=groups)
+    n_tested = int((df["status"] == "tested").sum()) if "status" in df else 0
+    return Table(
+        id=f"paired-{slug(t.study.name)}", caption=caption, columns=cols, groups=groups,
+        title=f"Paired tests against {ref_text}",
+        summary=(f"Paired tests against {ref_text}: {len(df)} comparisons, {n_tested} tested, "
+                 f"Holm over K = {k}"),
+    )
 
 
 def memory_table(t: StudyTables) -> Table | None:
@@ -558,8 +889,8 @@ def memory_table(t: StudyTables) -> Table | None:
             df = df[~df["metric"].isin(unmeasured)]
             notes.append(f"{', '.join(unmeasured)}: {NOT_MEASURED} (no accelerator).")
     cols = [
-        Column("metric"), Column("method"), Column("mean (MiB)", "r"), Column("std", "r"),
-        Column("min", "r"), Column("max", "r"), Column("n", "r"),
+        Column("metric"), Column("method", html="id"), Column("mean (MiB)", "r"),
+        Column("std", "r"), Column("min", "r"), Column("max", "r"), Column("n", "r"),
     ]  # fmt: skip
     metric_order = list(MEMORY_METRICS)
     groups = []
@@ -575,8 +906,9 @@ def memory_table(t: StudyTables) -> Table | None:
         rows = [
             [
                 Cell(_get(r, "metric")), Cell(_get(r, "method")), Cell(_get(r, "mean"), "num"),
-                Cell(_get(r, "std"), "num"), Cell(_get(r, "min"), "num"),
-                Cell(_get(r, "max"), "num"), Cell(_get(r, "n"), "int"),
+                Cell(_get(r, "std"), "num", scale=_get(r, "mean")),
+                Cell(_get(r, "min"), "num"), Cell(_get(r, "max"), "num"),
+                Cell(_get(r, "n"), "int"),
             ]  # fmt: skip
             for r in ordered
         ]
@@ -586,95 +918,199 @@ def memory_table(t: StudyTables) -> Table | None:
         caption=(
             "Memory per group, metric and method in MiB (2^20 bytes): mean, sample std, min, "
             "max over n seeds. param/activation/modelled_peak are device-independent counts; "
-            "peak_alloc/peak_reserved are the accelerator's measured peaks."
+            "peak_alloc/peak_reserved are the accelerator's measured peaks of the epoch; "
+            "peak_train (training steps) and peak_eval (evaluation pass) exclude the "
+            "device-resident dataset, as a paper's process keeping its data on the host."
         ),
         columns=cols,
         groups=groups,
         notes=notes,
+        title="Memory",
+        summary=(f"Memory: {', '.join(_order(df.get('metric', []), metric_order))} in MiB per "
+                 f"method and group"),
     )
 
 
-def _verdict_css(verdict: Any) -> str:
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "withheld", "not testable")
+VERDICT_COLORS = {
+    "reproduced": "#1e7b34",
+    "contradicted": "#b3261e",
+    "inconclusive": "#a15c00",
+    "withheld": "#6a3d9a",
+    "not testable": "#6b6f75",
+}
+
+
+def _verdict_kind(verdict: Any) -> str:
+    """The verdict's category (bench.claims): its text up to the parenthesis."""
     text = "" if _is_missing(verdict) else str(verdict)
-    if text.startswith("reproduced"):
-        return "verdict-yes"
-    if text.startswith("not reproduced"):
-        return "verdict-no"
-    return "verdict-na"
+    for v in VERDICTS:
+        if text.startswith(v):
+            return v
+    return "not testable"
+
+
+def _verdict_css(verdict: Any) -> str:
+    return "v-" + _verdict_kind(verdict).replace(" ", "-")
+
+
+def _verdict_detail(verdict: Any) -> str:
+    """The parenthesis of a verdict: 'about 6 seeds needed', 'mechanism check failed: ...'."""
+    text = "" if _is_missing(verdict) else str(verdict)
+    m = re.match(r"^[a-z ]+?\s*\((.*)\)\s*$", text, re.S)
+    return m.group(1) if m else ""
+
+
+def _relative(kind: Any) -> bool:
+    return str(kind) in ("difference", "superiority", "equivalence")
+
+
+def claim_group(r: Mapping[str, Any] | pd.Series) -> str:
+    """A claim row's group, short: 'resnet18 / digits / none'."""
+    return " / ".join(format_value(_get(r, k)) for k in GROUP_KEYS)
+
+
+def claim_comparison(r: Mapping[str, Any] | pd.Series) -> str:
+    text = format_value(_get(r, "method"))
+    if not _is_missing(_get(r, "versus")):
+        text += " − " + format_value(_get(r, "versus"))
+    return text
+
+
+def claim_bounds(r: Mapping[str, Any] | pd.Series) -> tuple[float, float] | None:
+    """The range of a claim's estimate: the metric's, or its difference's for relative claims
+    (a superiority over a constant is a ratio: unbounded)."""
+    if str(_get(r, "versus") or "").startswith("constant"):
+        return None
+    metric = _get(r, "metric")
+    return difference_bounds(metric) if _relative(_get(r, "kind")) else metric_bounds(metric)
+
+
+def claim_band(r: Mapping[str, Any] | pd.Series) -> tuple[float, float] | None:
+    """The band the estimate had to lie in (bench.claims.claim_band; superiority: (margin,
+    inf)); None when the row lacks the numbers."""
+    from bench.claims import claim_band as band
+
+    kind, margin = str(_get(r, "kind")), _get(r, "margin")
+    if _is_missing(margin):
+        return None
+    margin = float(margin)
+    if kind == "superiority":
+        return (margin, math.inf)
+    if kind == "range":
+        low, high = _get(r, "paper_low"), _get(r, "paper_high")
+        if _is_missing(low) or _is_missing(high):
+            return None
+        return band(kind, 0.0, margin, (float(low), float(high)))
+    value = _get(r, "paper_value")
+    if kind != "equivalence" and _is_missing(value):
+        return None
+    return band(kind, 0.0 if _is_missing(value) else float(value), margin)
+
+
+NBSP = "\u00a0"  # keeps '± 0.02' together: a narrow column wraps before the sign, not after
+
+
+def paper_text(r: Mapping[str, Any] | pd.Series, *, latex: bool = False) -> str:
+    """The paper's side of a claim in a few characters: '0.83 ± 0.02', '[430, 490]',
+    '|Δ| ≤ 0.0025', '> 0 (paper 0.0107)' (a sign and its number joined by a no-break space)."""
+    kind, margin = str(_get(r, "kind")), _get(r, "margin")
+    value, low, high = _get(r, "paper_value"), _get(r, "paper_low"), _get(r, "paper_high")
+
+    def n(x: Any) -> str:
+        return format_number(x, latex=latex)
+
+    pm = "" if _is_missing(margin) or float(margin) == 0 else f" ±{NBSP}{n(margin)}"
+    if kind == "range":
+        return f"[{n(low)}, {n(high)}]{pm}"
+    if kind == "superiority":
+        gain = "" if _is_missing(value) else f" (paper{NBSP}{n(value)})"
+        return f">{NBSP}{n(0.0 if _is_missing(margin) else margin)}{gain}"
+    if kind == "equivalence":
+        core = f"|Δ|{NBSP}≤{NBSP}{n(margin)}"
+        return core + ("" if _is_missing(value) else f" (paper{NBSP}{n(value)})")
+    if _is_missing(value):
+        return MISSING_LATEX if latex else MISSING_HTML
+    return f"{n(value)}{pm}"
 
 
 def claims_table(t: StudyTables) -> Table | None:
+    """Every claim row with its statistics, grouped by group (the full table behind the
+    scorecard)."""
     df = t.claims
     if df.empty:
         return None
     cols = [
-        Column("claim"), Column("description", latex=False), Column("method"),
-        Column("metric"), Column("group", latex=False),
-        Column("paper value", "r", latex_label="paper"),
-        Column("paper range", "r", latex_label="range"),
-        Column("reproduced", "r", latex_label="repr."), Column("n", "r"),
-        Column("difference", "r", latex_label="diff."),
-        Column("tolerance", "r", latex_label="tol."),
-        Column("verdict", latex_spec=RAGGED + "{2.6cm}"),
-        Column("source", latex=False),
+        Column("claim", html="id"), Column("comparison", html="id"),
+        Column("paper", "r", html="wrapnum"),
+        Column("margin", "r"), Column("estimate", "r", latex_label="est."),
+        Column("90% CI", "r"), Column("p", "r", latex_label="$p$"),
+        Column("p (Holm)", "r", latex_label="$p$ (Holm)"), Column("n", "r"),
+        Column("seeds needed", "r", latex=False), Column("verdict", html="trunc"),
     ]  # fmt: skip
-    rows = []
-    for _, r in df.iterrows():
-        parts = [_get(r, k) for k in GROUP_KEYS]
-        group = " / ".join(format_value(p) for p in parts)
-        verdict = _get(r, "verdict")
-        rows.append(
-            [
-                Cell(_get(r, "claim_id")), Cell(_get(r, "description")), Cell(_get(r, "method")),
-                Cell(_get(r, "metric")), Cell(group), Cell(_get(r, "paper_value"), "num"),
-                Cell((_get(r, "paper_low"), _get(r, "paper_high")), "ci"),
-                Cell(_get(r, "reproduced"), "num"), Cell(_get(r, "n"), "int"),
-                Cell(_get(r, "difference"), "num"), Cell(_get(r, "tolerance"), "num"),
-                Cell(verdict, css=_verdict_css(verdict)), Cell(_get(r, "source")),
-            ]  # fmt: skip
-        )
+    groups = []
+    for key, g in _groups(df):
+        rows = []
+        for _, r in g.iterrows():
+            verdict = _get(r, "verdict")
+            kind = " ".join(format_value(_get(r, k)) for k in ("scope", "kind")
+                            if not _is_missing(_get(r, k)))
+            about = " — ".join(format_value(_get(r, k)) for k in ("description", "source")
+                               if not _is_missing(_get(r, k)))
+            rows.append([
+                Cell(_get(r, "claim_id"), title=about, sub=kind),
+                Cell(claim_comparison(r), sub=format_value(_get(r, "metric"))),
+                Cell(paper_text(r)),
+                Cell(_get(r, "margin"), "num", title=format_value(_get(r, "margin_origin"))),
+                Cell(_get(r, "estimate"), "num"),
+                Cell((_get(r, "ci_low"), _get(r, "ci_high")), "ci", bounds=claim_bounds(r)),
+                Cell(_get(r, "p"), "p", title=format_value(_get(r, "test"))),
+                Cell(_get(r, "p_holm"), "p"), Cell(_get(r, "n"), "int"),
+                _seeds_cell(r),
+                Cell(verdict, css=_verdict_css(verdict),
+                     title=" — ".join(format_value(x) for x in (verdict, _get(r, "reason"))
+                                      if not _is_missing(x))),
+            ])  # fmt: skip
+        groups.append(Group(group_label(*key), rows))
+    counts = _verdict_counts(df)
     return Table(
         id=f"claims-{slug(t.study.name)}",
         caption=(
-            "The paper's claims beside the reproduction: difference = reproduced − paper value "
-            "(or distance to the paper's range), verdict 'reproduced' when within tolerance."
+            "The paper's claims, one row per claim and group (docs/statistics.md): estimate = "
+            "the reproduced mean (value, range) or seed-paired mean difference method − versus; "
+            "reproduced = its 90% CI inside the paper's value ± margin (TOST; superiority: "
+            "one-sided paired test, Holm over the primary claims); contradicted = the 95% CI "
+            "wholly outside; otherwise inconclusive, with the seeds a decision would need. "
+            "Under each claim its scope and kind, under each comparison its metric. Hover a "
+            "claim for its statement and source, a margin for its origin, a p for its test, a "
+            "verdict for its reason; all are in claims.csv."
         ),
         columns=cols,
-        groups=[Group("", rows)],
+        groups=groups,
+        title="Claims",
+        summary=("Claims: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+                 + f" ({len(df)} claim rows, with their statistics)"),
     )
 
 
-def claim_list(t: StudyTables) -> list[dict[str, str]]:
-    """Claim id, description, group and source: the LaTeX report lists them under the table."""
-    out = []
-    for _, r in t.claims.iterrows():
-        group = " / ".join(format_value(_get(r, k)) for k in GROUP_KEYS)
-        out.append(
-            {
-                "claim_id": format_value(_get(r, "claim_id")),
-                "description": format_value(_get(r, "description")),
-                "group": group,
-                "source": format_value(_get(r, "source")),
-            }
-        )
-    return out
-
-
 def checks_table(t: StudyTables) -> Table | None:
+    """The paper-internal checks (paper_checks.csv)."""
     df = t.paper_checks
     if df.empty:
         return None
     cols = [
-        Column("claim"), Column("check", latex_spec=RAGGED + "{4cm}"), Column("stated", "r"),
-        Column("recomputed", "r"), Column("consistent"),
-        Column("note", latex_spec=RAGGED + "{5cm}"),
+        Column("claim", html="id"), Column("check", html="wrap"), Column("stated", "r"),
+        Column("recomputed", "r"), Column("consistent"), Column("note", html="clamp"),
     ]  # fmt: skip
     rows = []
+    bad = 0
     for _, r in df.iterrows():
         consistent = _get(r, "consistent")
         css = ""
         if not _is_missing(consistent):
-            css = "verdict-yes" if str(consistent).lower() in ("true", "yes", "1") else "verdict-no"
+            ok = str(consistent).lower() in ("true", "yes", "1")
+            bad += not ok
+            css = "v-reproduced" if ok else "v-contradicted"
         rows.append(
             [
                 Cell(_get(r, "claim_id")), Cell(_get(r, "check")),
@@ -691,6 +1127,53 @@ def checks_table(t: StudyTables) -> Table | None:
         ),
         columns=cols,
         groups=[Group("", rows)],
+        title="Paper-internal checks",
+        summary=f"Paper-internal checks: {len(df)} recomputed, {bad} inconsistent",
+    )
+
+
+def _passed(x: Any) -> bool | None:
+    if _is_missing(x):
+        return None
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    return str(x).strip().lower() in ("true", "yes", "1", "1.0")
+
+
+def mechanism_table(t: StudyTables) -> Table | None:
+    """Every mechanism check row (mechanism_checks.csv), grouped by group."""
+    df = t.mechanism_checks
+    if df.empty:
+        return None
+    cols = [
+        Column("check", html="id"), Column("method", html="id"), Column("seed", "r"),
+        Column("passed"), Column("value", html="wrap"), Column("expected", html="wrap"),
+        Column("detail", html="clamp"),
+    ]  # fmt: skip
+    groups = []
+    for key, g in _groups(df):
+        rows = []
+        for _, r in g.iterrows():
+            ok = _passed(_get(r, "passed"))
+            rows.append([
+                Cell(_get(r, "check")), Cell(_get(r, "method")), Cell(_get(r, "seed"), "int"),
+                Cell("yes" if ok else ("no" if ok is False else None),
+                     css="v-reproduced" if ok else "v-contradicted"),
+                Cell(_get(r, "value")), Cell(_get(r, "expected")), Cell(_get(r, "detail")),
+            ])  # fmt: skip
+        groups.append(Group(group_label(*key), rows))
+    failed = int((~df["passed"].map(lambda x: bool(_passed(x)))).sum()) if "passed" in df else 0
+    return Table(
+        id=f"mechanisms-{slug(t.study.name)}",
+        caption=(
+            "Mechanism checks: invariants each method's mechanism must show for the verdicts "
+            "that require them to mean anything (bench/checks.py); a claim whose required check "
+            "failed for its method or versus in its group is withheld."
+        ),
+        columns=cols,
+        groups=groups,
+        title="Mechanism checks",
+        summary=f"Mechanism checks: {len(df)} rows, {failed} failed",
     )
 
 
@@ -713,8 +1196,9 @@ def _numerics_mark(row: Mapping[str, Any] | pd.Series) -> str:
 def cells_table(t: StudyTables) -> Table:
     c = t.cells
     cols = [
-        Column("method"), Column("seed", "r"), Column("status"), Column("val_acc", "r"),
-        Column("reason", latex=False), Column("config hash"), Column("MLflow run id"),
+        Column("method", html="id"), Column("seed", "r"), Column("status"),
+        Column("val_acc", "r"), Column("reason", latex=False, html="trunc"),
+        Column("config hash"), Column("MLflow run id"),
     ]  # fmt: skip
     groups = []
     methods = {m: i for i, m in enumerate(t.methods)}
@@ -745,7 +1229,20 @@ def cells_table(t: StudyTables) -> Table:
         f"[channels_last]: run with those speed options, not the papers' fp32. {where}",
         columns=cols,
         groups=groups,
+        title="Cells",
+        summary=f"Cells: {_status_line(c)}, with config hash and MLflow run id",
     )
+
+
+def _status_line(c: pd.DataFrame) -> str:
+    """'9 cells: 8 ok, 1 oom'."""
+    n = len(c)
+    if "status" not in c or not n:
+        return f"{n} cells"
+    counts = c["status"].fillna("unknown").value_counts()
+    order = [*STATUSES, *sorted(set(counts.index) - set(STATUSES))]
+    parts = [f"{int(counts[s])} {s}" for s in order if s in counts]
+    return f"{n} cell{'s' if n != 1 else ''}: " + ", ".join(parts)
 
 
 def non_ok_table(t: StudyTables) -> Table | None:
@@ -756,8 +1253,9 @@ def non_ok_table(t: StudyTables) -> Table | None:
     if bad.empty:
         return None
     cols = [
-        Column("method"), Column("model"), Column("dataset"), Column("budget"),
-        Column("seed", "r"), Column("status"), Column("reason", latex_spec=RAGGED + "{6cm}"),
+        Column("method", html="id"), Column("model", html="id"), Column("dataset"),
+        Column("budget"), Column("seed", "r"), Column("status"),
+        Column("reason", html="clamp"),
     ]  # fmt: skip
     rows = [
         [
@@ -772,6 +1270,8 @@ def non_ok_table(t: StudyTables) -> Table | None:
         caption="Cells that did not finish with status ok, with their reason.",
         columns=cols,
         groups=[Group("", rows)],
+        title="Cells not ok",
+        summary=f"Cells not ok: {len(bad)} of {len(c)}, with their reason",
     )
 
 
@@ -787,13 +1287,15 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def key_value_table(id: str, caption: str, items: Mapping[str, Any]) -> Table:
+def key_value_table(id: str, caption: str, items: Mapping[str, Any], title: str = "") -> Table:
     rows = [[Cell(k), Cell(format_config_value(v), "code")] for k, v in items.items()]
     return Table(
         id=id,
         caption=caption,
-        columns=[Column("key"), Column("value", latex_spec=RAGGED + "{11cm}")],
+        columns=[Column("key", html="id"), Column("value", html="wrap")],
         groups=[Group("", rows)],
+        title=title,
+        summary=f"{title or 'Settings'}: {len(rows)} settings" if title else "",
     )
 
 
@@ -817,8 +1319,9 @@ def provenance_table(provenance: Mapping[str, Any]) -> Table:
     return Table(
         id="provenance",
         caption="Provenance of this report.",
-        columns=[Column("key"), Column("value", latex_spec=RAGGED + "{11cm}")],
+        columns=[Column("key", html="id"), Column("value", html="wrap")],
         groups=[Group("", rows)],
+        title="Provenance",
     )
 
 
@@ -889,8 +1392,12 @@ def _per_epoch(m: pd.DataFrame, col: str) -> pd.DataFrame:
 
 def _method_legend(fig: MplFigure, t: StudyTables, methods: Iterable[str], extra=()) -> None:
     handles = [*(Line2D([], [], color=t.colors[m], lw=2, label=m) for m in methods), *extra]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4),
-               frameon=False)  # fmt: skip
+    # as many columns as fit the figure's width: a label of 8 pt is ~0.075 in a character,
+    # its line and gaps ~0.6 in (a long method name must not run off the figure)
+    widest = max((len(h.get_label()) for h in handles), default=1)
+    fit = int(fig.get_figwidth() // (0.075 * widest + 0.6))
+    fig.legend(handles=handles, loc="outside lower center",
+               ncols=max(1, min(len(handles), 4, fit)), frameon=False)
 
 
 def _epoch_axis(ax) -> None:
@@ -1116,6 +1623,8 @@ class FigureView:
     note: str
     png_b64: str = ""
     pdf: LatexSafe = LatexSafe("")  # path relative to report.tex
+    width: int = 0  # PNG pixels (the HTML page reserves the space before it decodes)
+    height: int = 0
 
     @property
     def drawn(self) -> bool:
@@ -1139,7 +1648,9 @@ def save_figure(figure: Figure, study: str, figures_dir: Path) -> FigureView:
         # No dates in the files: the same tables give the same bytes.
         figure.fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None})
         figure.fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None})
-    view.png_b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+    data = png.read_bytes()
+    view.png_b64 = base64.b64encode(data).decode("ascii")
+    view.width, view.height = (int.from_bytes(data[i:i + 4], "big") for i in (16, 20))  # IHDR
     view.pdf = LatexSafe(f"{figures_dir.name}/{pdf.name}")
     return view
 
@@ -1155,13 +1666,301 @@ def study_figures(t: StudyTables) -> list[Figure]:
 
 
 # --------------------------------------------------------------------------------------------
+# The scorecard: every claim with its verdict, a forest plot, the mechanism checks beside them
+# --------------------------------------------------------------------------------------------
+
+NOT_IN_RUN = "Not testable in this run"
+
+
+def _in_run(r: Mapping[str, Any] | pd.Series) -> bool:
+    return _verdict_kind(_get(r, "verdict")) != "not testable"
+
+
+def scorecard_order(claims: pd.DataFrame) -> list[tuple[tuple | None, list[pd.Series]]]:
+    """The claim rows as the scorecard lists them: per group of the run (groups sorted as in
+    every table), claims in file order; then the claims that are not testable here (key None)."""
+    if claims.empty:
+        return []
+    rows = [r for _, r in claims.iterrows()]
+    tested = pd.DataFrame([r for r in rows if _in_run(r)], columns=claims.columns)
+    out: list[tuple[tuple | None, list[pd.Series]]] = []
+    for key, g in _groups(tested):
+        out.append((key, [r for _, r in g.iterrows()]))
+    rest = [r for r in rows if not _in_run(r)]
+    if rest:
+        out.append((None, rest))
+    return out
+
+
+def _estimate_cell(r: Mapping[str, Any] | pd.Series) -> Cell:
+    return Cell((_get(r, "estimate"), _get(r, "ci_low"), _get(r, "ci_high")), "est",
+                bounds=claim_bounds(r))
+
+
+def _check_summaries(checks: pd.DataFrame, key: tuple, methods: Sequence[str]) -> list[Cell]:
+    """One line per (method, check) of a group: passed k/n, or which seeds failed and how."""
+    if checks.empty or not set(GROUP_KEYS) <= set(checks.columns):
+        return []
+    keyed = checks.assign(**{k: checks[k].astype(object).where(checks[k].notna(), "")
+                             for k in GROUP_KEYS})
+    mask = np.ones(len(keyed), dtype=bool)
+    for k, v in zip(GROUP_KEYS, key):
+        mask &= (keyed[k].astype(str) == str(v)).to_numpy()
+    g = keyed[mask & keyed["method"].isin(list(methods)).to_numpy()]
+    out = []
+    for (method, check), rows in g.groupby(["method", "check"], sort=False):
+        passed = rows["passed"].map(lambda x: bool(_passed(x)))
+        n, bad = len(rows), rows[~passed]
+        seeds = [format_value(s) for s in bad["seed"]] if "seed" in bad else []
+        if bad.empty:
+            text = f"✓ {check} · {method}" + (f" ({n}/{n})" if n > 1 else "")
+            out.append(Cell(text, css="check-pass",
+                            title=format_value(rows["expected"].iloc[0])
+                            if "expected" in rows else ""))
+            continue
+        first = bad.iloc[0]
+        seed_text = ", ".join(s for s in seeds if s != MISSING_HTML)
+        where = f"seed{'s' if len(seeds) > 1 else ''} {seed_text}" if seed_text else "group"
+        text = (f"✗ {check} · {method}: failed {len(bad)}/{n} ({where}): "
+                f"{format_value(_get(first, 'value'))}, expected "
+                f"{format_value(_get(first, 'expected'))}")
+        out.append(Cell(text, css="check-fail", title=format_value(_get(first, "detail"))))
+    out.sort(key=lambda c: c.css != "check-fail")  # failures first
+    return out
+
+
+def _seeds_cell(r: Mapping[str, Any] | pd.Series) -> Cell:
+    """The seeds a decisive verdict would need: seeds_needed, or the verdict's own words when
+    it has no number ('more than 10,000' is written '> 10,000')."""
+    needed = _get(r, "seeds_needed")
+    if _is_missing(needed) and _verdict_kind(_get(r, "verdict")) == "inconclusive":
+        words = re.sub(r"\s*seeds? needed$", "", _verdict_detail(_get(r, "verdict")))
+        words = re.sub(r"^more than\s+", "> ", words.removeprefix("about "))
+        return Cell(words or None, title=format_value(_get(r, "verdict")))
+    return Cell(needed, "num")
+
+
+def _scorecard_row(r: pd.Series, with_group: bool) -> tuple[list[Cell], list[str]]:
+    """A claim's scorecard cells, and the methods it compares (for its mechanism checks)."""
+    verdict = _get(r, "verdict")
+    kind = _verdict_kind(verdict)
+    statement = _get(r, "description")
+    if _is_missing(statement):
+        statement = _get(r, "claim_id")
+    sub = [format_value(_get(r, "claim_id"))]
+    if not _is_missing(_get(r, "method")):
+        sub.append(claim_comparison(r))
+    if not _is_missing(_get(r, "metric")):
+        sub.append(format_value(_get(r, "metric")))
+    if with_group and any(not _is_missing(_get(r, k)) for k in GROUP_KEYS):
+        sub.append(claim_group(r))
+    if kind in ("not testable", "withheld"):
+        sub.append(_verdict_detail(verdict))
+    title = " — ".join(format_value(x) for x in (
+        statement, _get(r, "source"), verdict, _get(r, "reason")) if not _is_missing(x))
+    methods = [str(m) for m in (_get(r, "method"), _get(r, "versus"))
+               if not _is_missing(m) and not str(m).startswith("constant")]
+    cells = [
+        Cell(verdict, "badge", css=_verdict_css(verdict)),
+        Cell(statement, title=title, sub=" · ".join(x for x in sub if x)),
+        Cell(paper_text(r), title=format_value(_get(r, "margin_origin"))),
+        _estimate_cell(r),
+        Cell(_get(r, "n"), "int"),
+        _seeds_cell(r),
+    ]  # fmt: skip
+    return cells, methods
+
+
+SCORECARD_CAPTION = (
+    "Paper: the paper's value ± margin, range, or for a comparison the band its gain must lie "
+    "in (|Δ| ≤ margin: equivalent; > margin: superior). Reproduced: the mean, or the "
+    "seed-paired difference method − versus, with its 90% t-interval; seeds needed: how many "
+    "seeds a decisive verdict would need at the observed spread. Hover a claim for its source "
+    "and the reason of its verdict."
+)
+
+
+def _scorecard_columns() -> list[Column]:
+    return [
+        Column("verdict"), Column("claim", html="clamp fill"),
+        Column("paper", "r", html="wrapnum"),
+        Column("reproduced (90% CI)", "r"), Column("n", "r"), Column("seeds needed", "r"),
+    ]  # fmt: skip
+
+
+def scorecard_table(t: StudyTables) -> Table | None:
+    """The claims tested in this run, per group, with their verdict badge, statement, the
+    paper's number, the reproduced estimate with its 90% CI, n and the seeds a decisive verdict
+    would need; under each group the mechanism checks of the methods its claims compare.
+    None when no claim is tested here (`untestable_table` lists those)."""
+    groups = []
+    has_checks = not t.mechanism_checks.empty
+    for key, rows in scorecard_order(t.claims):
+        if key is None:
+            continue
+        cells, methods = [], []
+        for r in rows:
+            row, ms = _scorecard_row(r, with_group=False)
+            cells.append(row)
+            methods.extend(m for m in ms if m not in methods)
+        footer = _check_summaries(t.mechanism_checks, key, methods) if has_checks else []
+        if has_checks and not footer:
+            footer = [Cell("no mechanism checks for these methods in this group",
+                           css="check-none")]
+        groups.append(Group(group_label(*key), cells, footer))
+    if not groups:
+        return None
+    notes = []
+    if not has_checks:
+        notes.append("No mechanism checks were recorded for this study "
+                     "(mechanism_checks.csv is empty or missing).")
+    n = sum(len(g.rows) for g in groups)
+    return Table(
+        id=f"scorecard-{slug(t.study.name)}",
+        caption=f"Scorecard of study {t.study.name}: the {n} claims tested in this run, per "
+                f"group. {SCORECARD_CAPTION}",
+        columns=_scorecard_columns(),
+        groups=groups,
+        notes=notes,
+        title="Scorecard",
+    )
+
+
+def untestable_table(t: StudyTables) -> Table | None:
+    """The claims that are not testable in this run, each with its reason."""
+    rows = [r for key, rs in scorecard_order(t.claims) if key is None for r in rs]
+    if not rows:
+        return None
+    cells = [_scorecard_row(r, with_group=True)[0] for r in rows]
+    return Table(
+        id=f"untestable-{slug(t.study.name)}",
+        caption=(f"Claims of study {t.study.name} not testable in this run ({len(rows)}), each "
+                 "with the paper's number and the reason (under the claim)."),
+        columns=_scorecard_columns(),
+        groups=[Group("", cells)],
+        title="Not testable here",
+        summary=f"{len(rows)} claim{'s' if len(rows) != 1 else ''} not testable in this run "
+                "(the paper's setting, a method or a metric is not in it)",
+    )
+
+
+def _forest_label(r: pd.Series, varying: Sequence[str]) -> str:
+    """The claim id, and the parts of its group that differ between the rows of the plot."""
+    label = format_value(_get(r, "claim_id"))
+    if len(label) > 42:
+        label = label[:41] + "…"
+    if not varying:
+        return label
+    return f"{label}  [{' / '.join(format_value(_get(r, k)) for k in varying)}]"
+
+
+def figure_forest(t: StudyTables) -> Figure:
+    """The scorecard's forest plot: one row per claim and group with an estimate, one panel per
+    metric (relative claims: the seed-paired difference method − versus): the band the
+    estimate had to lie in (shaded), the paper's value (diamond) or range (bar), the
+    reproduced estimate with its 90% CI, coloured by verdict (the verdict written at the
+    right)."""
+    title = "Forest plot of the claims"
+    rows = [r for key, rs in scorecard_order(t.claims) if key is not None for r in rs
+            if _numeric(_get(r, "estimate")) and not _is_missing(_get(r, "estimate"))]
+    if not rows:
+        why = ("no claims" if t.claims.empty else
+               "no claim has an estimate in this run (every claim is not testable here)")
+        return Figure("forest", title, note=f"not drawn: {why}")
+    varying = [k for k in GROUP_KEYS if len({format_value(_get(r, k)) for r in rows}) > 1]
+    panels: dict[tuple[str, bool], list[pd.Series]] = {}
+    for r in rows:
+        constant = str(_get(r, "versus") or "").startswith("constant")
+        panels.setdefault((str(_get(r, "metric")), _relative(_get(r, "kind")) or constant),
+                          []).append(r)
+    heights = [len(v) + 1.3 for v in panels.values()]
+    fig = MplFigure(figsize=(9.6, 0.27 * sum(heights) + 0.55), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights).ravel()
+    clipped_any = False
+    for ax, ((metric, relative), prs) in zip(axes, panels.items()):
+        xs: list[float] = []
+        for y, r in enumerate(prs):
+            band = claim_band(r)
+            for v in (band or ()):
+                if math.isfinite(v):
+                    xs.append(v)
+            for k in ("paper_value", "paper_low", "paper_high", "estimate", "ci_low", "ci_high"):
+                v = _get(r, k)
+                if _numeric(v) and not _is_missing(v) and math.isfinite(float(v)):
+                    xs.append(float(v))
+        lo, hi = min(xs), max(xs)
+        pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 1e-3)
+        xlim = (lo - pad, hi + pad)
+        for y, r in enumerate(prs):
+            kind = str(_get(r, "kind"))
+            verdict = _verdict_kind(_get(r, "verdict"))
+            color = VERDICT_COLORS[verdict]
+            band = claim_band(r)
+            if band is not None:
+                left = max(band[0], xlim[0])
+                right = min(band[1], xlim[1]) if math.isfinite(band[1]) else xlim[1]
+                ax.barh(y, right - left, left=left, height=0.72, color="#c9d6e8", lw=0,
+                        zorder=1)
+            if kind == "range":
+                ax.plot([_get(r, "paper_low"), _get(r, "paper_high")], [y, y], color="#33475b",
+                        lw=3.2, solid_capstyle="butt", zorder=2)
+            elif _numeric(_get(r, "paper_value")) and not _is_missing(_get(r, "paper_value")):
+                ax.plot(_get(r, "paper_value"), y, marker="D", ms=6, mfc="white", mec="#33475b",
+                        mew=1.4, ls="none", zorder=3)
+            low, high, clipped = clip_interval(_get(r, "ci_low"), _get(r, "ci_high"),
+                                               claim_bounds(r))
+            clipped_any |= clipped
+            est = float(_get(r, "estimate"))
+            if not _is_missing(low) and not _is_missing(high):
+                ax.plot([low, high], [y, y], color=color, lw=1.8, zorder=4)
+                for x in (low, high):
+                    ax.plot([x, x], [y - 0.18, y + 0.18], color=color, lw=1.4, zorder=4)
+            ax.plot(est, y, marker="o", ms=6.5, color=color, ls="none", zorder=5)
+            ax.annotate(verdict, xy=(1.0, y), xycoords=("axes fraction", "data"),
+                        xytext=(6, 0), textcoords="offset points", va="center", ha="left",
+                        color=color, fontsize=8, fontweight="bold")
+        if relative:
+            ax.axvline(0.0, color="0.35", lw=0.8, ls=":", zorder=0)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(len(prs) - 0.5, -0.5)
+        ax.set_yticks(range(len(prs)), [_forest_label(r, varying) for r in prs])
+        ax.tick_params(axis="y", length=0)
+        ax.grid(axis="y", visible=False)
+        ax.spines[["top", "right"]].set_visible(False)
+        unit = " (method − versus)" if relative else ""
+        if relative and all(str(_get(r, "versus") or "").startswith("constant") for r in prs):
+            unit = " (gain over the constant)"
+        ax.set_title(f"{metric}{unit}", loc="left", fontsize=9, fontweight="bold")
+    handles = [
+        matplotlib.patches.Patch(color="#c9d6e8", label="band the estimate must lie in"),
+        Line2D([], [], marker="D", ms=6, mfc="white", mec="#33475b", ls="none",
+               label="paper value"),
+        Line2D([], [], color="#33475b", lw=3.2, label="paper range"),
+        Line2D([], [], color="0.3", marker="o", ms=6, lw=1.8, label="reproduced, 90% CI"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False)
+    caption = (
+        "One row per claim and group with an estimate, one panel per metric. Shaded: the band "
+        "the estimate must lie in for the claim to be reproduced (the paper's value ± margin, "
+        "its range widened by the margin; for a comparison the band of the difference method "
+        "− versus, right of the margin for a superiority claim). Diamond: the paper's value "
+        "(its gain for a comparison); bar: its range. Dot and whisker: the reproduced mean or "
+        "seed-paired difference and its 90% t-interval, coloured by verdict."
+    )
+    if clipped_any:
+        caption += " Intervals of fractions (accuracies) are clipped to their range."
+    return Figure("forest", title, caption, fig)
+
+
+# --------------------------------------------------------------------------------------------
 # Study view and rendering
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class StudyView:
-    """Everything the per-study partial renders."""
+    """Everything the per-study partials render: the scorecard first, then the figures, then
+    the tables (collapsed in HTML, the cells table last)."""
 
     name: str
     anchor: str
@@ -1173,20 +1972,26 @@ class StudyView:
     n_cells: int
     n_ok: int
     status_counts: list[tuple[str, int]]
+    status_line: str  # '9 cells: 8 ok, 1 oom'
     missing_tables: list[str]
-    choices: Table | None
-    non_ok: Table | None
-    summary: Table | None
-    paired: Table | None
-    family_size: int
-    memory: Table | None
-    claims: Table | None
-    claim_list: list[dict[str, str]]
+    absent: list[str]  # notes on the tables that are absent or empty
     verdicts: dict[str, int]
-    checks: Table | None
+    n_claims: int
+    checks_failed: int  # failed mechanism check rows
+    checks_total: int
+    scorecard: Table | None
+    untestable: Table | None
+    forest: FigureView
     figures: list[FigureView]
-    cells: Table
-    extra_tables: list[Table]
+    tables: list[Table]  # in the order shown; the cells table last
+    choices: Table | None = None
+    cells: Table | None = None
+    tex: dict[str, str] = field(default_factory=dict)  # piece -> tex/<file>.tex
+
+    @property
+    def lede(self) -> str:
+        """The description's first sentence (the page shows the rest on demand)."""
+        return _first_sentence(self.description, limit=220)
 
 
 def _grid(c: pd.DataFrame, methods: list[str]) -> list[tuple[str, int, str]]:
@@ -1207,14 +2012,10 @@ def _grid(c: pd.DataFrame, methods: list[str]) -> list[tuple[str, int, str]]:
 
 
 def _verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
-    counts = {"reproduced": 0, "not reproduced": 0, "not testable": 0}
+    counts = dict.fromkeys(VERDICTS, 0)
     if "verdict" in claims:
         for v in claims["verdict"]:
-            css = _verdict_css(v)
-            key = {"verdict-yes": "reproduced", "verdict-no": "not reproduced"}.get(
-                css, "not testable"
-            )
-            counts[key] += 1
+            counts[_verdict_kind(v)] += 1
     return counts
 
 
@@ -1228,11 +2029,29 @@ def study_view(t: StudyTables, figures_dir: Path) -> StudyView:
             f"choices-{slug(s.name)}",
             f"Configuration of study {s.name} (the choices behind every cell).",
             flatten(s.choices),
+            title="Configuration",
         )
         if s.choices
         else None
     )
     extra = STUDY_TABLES.get(s.name)
+    extra_tables = list(extra(t)) if extra is not None else []
+    for tab in extra_tables:
+        tab.scroll = True  # its columns are the study's: a scroll container, as a last resort
+    cells = cells_table(t)
+    tables = [x for x in (summary_table(t), paired_table(t), memory_table(t), claims_table(t),
+                          checks_table(t), mechanism_table(t), *extra_tables, choices,
+                          non_ok_table(t), cells) if x is not None]
+    absent = [note for table, note in (
+        (t.summary, "No summary table (summary.csv missing or empty)."),
+        (t.paired_tests, "No paired tests (paired_tests.csv missing or empty)."),
+        (t.memory_summary, "No memory summary (memory_summary.csv missing or empty)."),
+        (t.paper_checks, "No paper-internal checks for this study."),
+    ) if table.empty]
+    mc = t.mechanism_checks
+    failed = int((~mc["passed"].map(lambda x: bool(_passed(x)))).sum()) if "passed" in mc else 0
+    with matplotlib.style.context(["default", FIGURE_STYLE]):
+        forest = save_figure(figure_forest(t), s.name, figures_dir)
     return StudyView(
         name=s.name,
         anchor=f"study-{slug(s.name)}",
@@ -1244,20 +2063,49 @@ def study_view(t: StudyTables, figures_dir: Path) -> StudyView:
         n_cells=len(c),
         n_ok=int((statuses == "ok").sum()),
         status_counts=status_counts,
+        status_line=_status_line(c),
         missing_tables=t.missing,
-        choices=choices,
-        non_ok=non_ok_table(t),
-        summary=summary_table(t),
-        paired=paired_table(t),
-        family_size=family_size(t.paired_tests),
-        memory=memory_table(t),
-        claims=claims_table(t),
-        claim_list=claim_list(t),
+        absent=absent,
         verdicts=_verdict_counts(t.claims),
-        checks=checks_table(t),
+        n_claims=len(t.claims),
+        checks_failed=failed,
+        checks_total=len(mc),
+        scorecard=scorecard_table(t),
+        untestable=untestable_table(t),
+        forest=forest,
         figures=[save_figure(f, s.name, figures_dir) for f in study_figures(t)],
-        cells=cells_table(t),
-        extra_tables=list(extra(t)) if extra is not None else [],
+        tables=tables,
+        choices=choices,
+        cells=cells,
+    )
+
+
+def overview_table(views: Sequence[StudyView]) -> Table:
+    """Per paper: its claims by verdict, its failed mechanism checks and its cells."""
+    cols = [Column("paper", html="id"), Column("claims", "r"),
+            *[Column(v, "r") for v in VERDICTS], Column("checks failed", "r"),
+            Column("cells ok", "r")]  # fmt: skip
+    rows = []
+    for v in views:
+        rows.append([
+            Cell(v.name, href=f"#{v.anchor}"), Cell(v.n_claims, "int"),
+            *[Cell(v.verdicts[k], "int", css=f"count v-{k.replace(' ', '-')}"
+                   + (" zero" if not v.verdicts[k] else "")) for k in VERDICTS],
+            Cell(f"{v.checks_failed} / {v.checks_total}" if v.checks_total else None,
+                 css="count v-contradicted" if v.checks_failed else ""),
+            Cell(f"{v.n_ok} / {v.n_cells}", css="" if v.n_ok == v.n_cells else "status-bad"),
+        ])  # fmt: skip
+    return Table(
+        id="overview",
+        caption=(
+            "Claims per paper by verdict (one per claim and group): reproduced (the 90% CI "
+            "inside the paper's band), contradicted (the 95% CI wholly outside), inconclusive "
+            "(neither: more seeds needed), withheld (a mechanism check it requires failed), not "
+            "testable (the paper's setting or a method is not in this run)."
+        ),
+        columns=cols,
+        groups=[Group("", rows)],
+        title="Overview",
     )
 
 
@@ -1284,6 +2132,8 @@ def html_environment(template_dir: Path | None = None) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["cell"] = html_cell
+    env.filters["cell_title"] = html_title
+    env.filters["wbr"] = html_breakable
     env.filters["num"] = format_number
     env.filters["p"] = format_p
     return env
@@ -1308,6 +2158,7 @@ def latex_environment(template_dir: Path | None = None) -> jinja2.Environment:
         finalize=_latex_finalize,
     )
     env.filters["latex_escape"] = latex_escape
+    env.filters["breakable"] = lambda x: latex_escape(breakable(x))
     env.filters["raw"] = LatexSafe  # macro output (already LaTeX) printed as it is
     env.filters["cell"] = latex_cell
     env.filters["num"] = lambda x, digits=4: LatexSafe(
@@ -1330,6 +2181,63 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+# What a standalone LaTeX piece needs in the preamble of the document that \input's it.
+TEX_NEEDS = {
+    "table": r"\usepackage{booktabs,longtable,array}",
+    "figure": r"\usepackage{graphicx}",
+    "scorecard": r"\usepackage{booktabs,longtable,array,graphicx}",
+}
+
+
+def _tex_header(path: str, what: str, needs: str) -> str:
+    return (
+        f"% {path}: {what}\n"
+        f"% A standalone piece of the memrepro report: \\input{{{path}}} (report.tex does).\n"
+        f"% Preamble packages it needs: {needs}\n"
+        "% Tables are longtables (not in twocolumn mode) sized to \\linewidth; figures are\n"
+        "% figures/<name>.pdf relative to report.tex\n"
+        "% (from another directory: \\graphicspath{{<report dir>/}}).\n"
+        "% Text is UTF-8 (LaTeX's default input); report.tex also loads fontenc (T1) and lmodern.\n"
+    )
+
+
+def write_tex_pieces(views: Sequence[StudyView], overview: Table, provenance: Table,
+                     tex_env: jinja2.Environment, tex_dir: Path) -> dict[str, str]:
+    """Every scorecard, table and figure as its own file under tex_dir (`\\input`-able); set
+    each view's `tex` (piece -> 'tex/<file>.tex'); returns the overview and provenance paths."""
+    macros = tex_env.get_template("partials/macros.tex.j2").module
+    pieces = tex_env.get_template("partials/scorecard.tex.j2").module
+
+    def write(stem: str, what: str, needs: str, body: str) -> str:
+        name = f"{slug(stem)}.tex"  # letters, digits, '-': a name \\input takes as it is
+        rel = f"{tex_dir.name}/{name}"
+        _write_atomic(tex_dir / name, _tex_header(rel, what, needs) + body)
+        return rel
+
+    out = {
+        "overview": write("overview", "overview of the claims per paper", TEX_NEEDS["table"],
+                          str(macros.table(overview))),
+        "provenance": write("provenance", "provenance of the report", TEX_NEEDS["table"],
+                            str(macros.table(provenance))),
+    }
+    for v in views:
+        v.tex = {}
+        needs = TEX_NEEDS["scorecard"]
+        if any(x is not None and x.latex.landscape for x in (v.scorecard, v.untestable)):
+            needs += r" \usepackage{pdflscape}"
+        v.tex["scorecard"] = write(
+            f"{v.name}-scorecard", f"scorecard of study {v.name} (forest plot and claims)",
+            needs, str(pieces.scorecard(v)))
+        for f in v.figures:
+            v.tex[f.id] = write(f.id, f"figure '{f.title}' of study {v.name}",
+                                TEX_NEEDS["figure"], str(macros.figure(f)))
+        for t in v.tables:
+            needs = TEX_NEEDS["table"] + (r" \usepackage{pdflscape}" if t.latex.landscape else "")
+            v.tex[t.id] = write(f"table-{t.id}", f"table '{t.title or t.id}' of study {v.name}",
+                                needs, str(macros.table(t)))
+    return out
+
+
 def build_report(
     studies: list[StudyInput],
     out_dir: Path,
@@ -1338,32 +2246,46 @@ def build_report(
     *,
     template_dir: Path | None = None,
 ) -> dict[str, Path]:
-    """Render out_dir/report.html and out_dir/report.tex (figures under out_dir/figures/).
+    """Render out_dir/report.html and out_dir/report.tex (figures under out_dir/figures/, every
+    scorecard, table and figure of the LaTeX document also as its own file under out_dir/tex/,
+    which report.tex \\input's).
 
-    Returns {"html": ..., "tex": ..., "figures": out_dir/figures}. Raises BenchError when a
-    study has no cells.csv (aggregation has not run) or the templates are missing.
+    Studies are shown in the given order, those without claims last (the page opens on
+    verdicts). Returns {"html": ..., "tex": ..., "figures": out_dir/figures, "tex_dir":
+    out_dir/tex}.
+    Raises BenchError when a study has no cells.csv (aggregation has not run) or the templates
+    are missing.
     """
     out_dir = Path(out_dir)
     html_env, tex_env = html_environment(template_dir), latex_environment(template_dir)
-    figures_dir = out_dir / "figures"
+    figures_dir, tex_dir = out_dir / "figures", out_dir / "tex"
     figures_dir.mkdir(parents=True, exist_ok=True)
+    tex_dir.mkdir(parents=True, exist_ok=True)
 
     loaded = [load_study_tables(s) for s in studies]
     share_colors(loaded)
     views = [study_view(t, figures_dir) for t in loaded]
+    views.sort(key=lambda v: v.n_claims == 0)  # verdicts first: studies without claims last
+    overview, prov = overview_table(views), provenance_table(provenance)
+    for stale in tex_dir.glob("*.tex"):  # pieces of an earlier report (a study since removed)
+        stale.unlink()
+    tex_files = write_tex_pieces(views, overview, prov, tex_env, tex_dir)
 
     css_path = _template_dir(template_dir) / "style.css"
     context = {
         "title": title,
         "studies": views,
-        "provenance": provenance_table(provenance),
+        "overview": overview,
+        "provenance": prov,
+        "tex_files": tex_files,
         "date": format_config_value(provenance.get("date", "")),
         "css": Markup(css_path.read_text(encoding="utf-8")) if css_path.exists() else "",
         "tracking_uris": list(dict.fromkeys(v.tracking_uri for v in views if v.tracking_uri)),
+        "totals": {k: sum(v.verdicts[k] for v in views) for k in VERDICTS},
     }
     html = html_env.get_template("report.html.j2").render(**context)
     tex = tex_env.get_template("report.tex.j2").render(**context)
     html_path, tex_path = out_dir / "report.html", out_dir / "report.tex"
     _write_atomic(html_path, html)
     _write_atomic(tex_path, tex)
-    return {"html": html_path, "tex": tex_path, "figures": figures_dir}
+    return {"html": html_path, "tex": tex_path, "figures": figures_dir, "tex_dir": tex_dir}

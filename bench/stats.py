@@ -1,26 +1,18 @@
-"""Statistics for the study tables: intervals, paired tests, Holm, claim verdicts, paper checks.
+"""Statistics for the study tables: intervals, paired tests, Holm, the verdict rule's tests,
+paper checks.
 
-Pure functions (no I/O). Conventions (docs/contracts.md, DESIGN.md "Statistics and report"):
+Pure functions (no I/O). Conventions (docs/contracts.md, docs/statistics.md):
 
-- Spread is the *sample* standard deviation (ddof=1); intervals are 95% t-intervals,
-  ``mean +- t.ppf(0.975, n - 1) * std / sqrt(n)``.
-- Methods are compared with their study's reference *paired by seed index*
-  (``scipy.stats.ttest_rel``); difference = method - reference; effect size Cohen's
-  ``d_z = mean(diff) / std(diff, ddof=1)``. With fewer than ``min_pairs`` (3) pairs the row says
-  ``not testable (...)`` instead of a p-value.
-- Holm's step-down correction (statsmodels) over a study's family of tested comparisons.
-
-Claims (one entry of ``config/claims/<study>.yaml``; the format is documented in
-``bench.aggregate``) get a verdict ``reproduced`` / ``not reproduced`` / ``not testable (...)``:
-
-- ``value`` claims: reproduced when ``|mean(reproduced) - value| <= tolerance``. The tolerance is
-  the claim's ``tolerance: {abs: x}`` or ``{rel: x}`` (x times ``|value|``); without one, the
-  **default tolerance** is ``abs = 2 x the paper's stated std`` when the claim states a positive
-  ``std``, else ``rel = 0.05`` (5% of ``|value|``). Every verdict gives the absolute half-width
-  used (``tolerance``, the claims.csv column) and the rule that gave it (``tolerance_rule``).
-- ``range: [low, high]`` claims: reproduced when the reproduced mean lies in the range; a claim
-  ``tolerance`` widens both ends (abs: by x; rel: by x times ``|bound|``). No default widening.
-- ``statistic: paired_p`` claims (``value`` = the paper's p): see :func:`pvalue_claim_verdict`.
+- Spread is the *sample* standard deviation (ddof=1); intervals are t-intervals,
+  ``mean +- t.ppf(0.5 + level / 2, n - 1) * std / sqrt(n)`` (95% in the tables).
+- Methods are compared *paired by seed index* (``scipy.stats.ttest_rel``); difference =
+  method - versus; effect size Cohen's ``d_z = mean(diff) / std(diff, ddof=1)``. With fewer than
+  ``min_pairs`` (3) pairs the row says ``not testable (...)`` instead of a p-value.
+- Holm's step-down correction (statsmodels) over a family of tested comparisons.
+- The claims' verdict rule lives in :mod:`bench.claims`; its tests are here: TOST
+  (statsmodels ``ttost_paired`` / ``DescrStatsW.ttost_mean``), one-sided t-tests (scipy),
+  seeds needed for a decisive verdict (statsmodels ``TTestPower``), and the Welch-type bands
+  that turn a paper's per-run values or stds into a margin.
 
 Paper-internal checks (:func:`paper_checks`) recompute a claim's stated mean / std / p from the
 paper's own per-run values. Numbers compare within *rounding*: half a unit in the last decimal
@@ -33,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -40,15 +33,14 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import DescrStatsW, ttost_paired
 
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError
 
 NAN = float("nan")
 CONFIDENCE = 0.95
 MIN_PAIRS = 3
-DEFAULT_REL_TOLERANCE = 0.05  # claims without tolerance and without a stated std
-DEFAULT_STD_MULTIPLE = 2.0  # claims without tolerance but with a stated std: abs = 2 x std
-DEFAULT_ALPHA = 0.05  # p-value claims: "reproduced" = same side of alpha
 
 TESTED = "tested"
 
@@ -232,130 +224,126 @@ def holm(pvalues: Sequence[Any]) -> list[float]:
     p = np.asarray([to_float(x) for x in pvalues], dtype=float)
     out = np.full(p.shape, NAN)
     ok = ~np.isnan(p)
-    if ok.any():
+    if ok.sum() == 1:  # a family of one is its own adjustment (and multipletests runs gc)
+        out[ok] = np.minimum(p[ok], 1.0)
+    elif ok.any():
         out[ok] = multipletests(p[ok], method="holm")[1]
     return [float(x) for x in out]
 
 
 # --------------------------------------------------------------------------------------------
-# claims
+# the verdict rule's building blocks (bench.claims applies them; DESIGN.md "Claims and verdicts")
+#
+# Every function takes the per-seed sample along axis 0: shape (n,) for one group, or (n, R)
+# for R simulated reproductions at once (the calibration in tests/test_claims.py), and returns
+# one number per column. Paired samples are (method, versus) arrays of the same shape, paired by
+# row (seed index).
+
+SEEDS_MAX = 10_000  # seeds_needed searches up to here; beyond it a verdict is out of reach
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.6g}"
+def t_interval(x: Any, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, sample std (ddof=1) and the two-sided ``level`` t-interval of each column of x."""
+    x = np.asarray(x, dtype=float)
+    n = x.shape[0]
+    mean = x.mean(axis=0)
+    sd = x.std(axis=0, ddof=1) if n >= 2 else np.full(np.shape(mean), NAN)
+    half = sps.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n) if n >= 2 else sd
+    return mean, sd, mean - half, mean + half
 
 
-def claim_tolerance(claim: Mapping[str, Any]) -> tuple[float, str]:
-    """(absolute half-width, description) of a value claim's tolerance, default rule included."""
-    value = to_float(claim.get("value"))
-    tol = claim.get("tolerance")
-    if tol:
-        kind, x = _tolerance_spec(tol)
-        if kind == "abs":
-            return x, f"abs {_fmt(x)} (claim)"
-        width = x * abs(value)
-        return width, f"rel {_fmt(x)} (claim) = abs {_fmt(width)}"
-    std = to_float(claim.get("std"))
-    if not math.isnan(std) and std > 0:
-        width = DEFAULT_STD_MULTIPLE * std
-        return width, (
-            f"abs {_fmt(width)} (default: {DEFAULT_STD_MULTIPLE:g} x stated std {_fmt(std)})"
-        )
-    width = DEFAULT_REL_TOLERANCE * abs(value)
-    return width, f"rel {DEFAULT_REL_TOLERANCE:g} (default, no stated std) = abs {_fmt(width)}"
+def tost_p(x: Any, low: float, high: float, versus: Any = None) -> np.ndarray:
+    """p of the two one-sided tests (TOST) that low < mean(x - versus) < high.
 
-
-def _tolerance_spec(tol: Any) -> tuple[str, float]:
-    if not isinstance(tol, Mapping) or len(tol) != 1 or next(iter(tol)) not in ("abs", "rel"):
-        raise ConfigError(
-            f"tolerance {tol!r} must be a mapping with exactly one of 'abs' or 'rel', "
-            "e.g. {abs: 0.5} or {rel: 0.02}"
-        )
-    kind, x = next(iter(tol.items()))
-    x = to_float(x)
-    if math.isnan(x) or x < 0:
-        raise ConfigError(f"tolerance {tol!r} must be a non-negative number")
-    return kind, x
-
-
-def claim_verdict(claim: Mapping[str, Any], reproduced_values: Iterable[Any]) -> dict[str, Any]:
-    """Verdict of a ``value`` or ``range`` claim against the reproduced per-seed values.
-
-    Returns ``reproduced`` (mean of the non-NaN values), ``n``, ``difference`` (reproduced - value;
-    for a range, the signed distance to the nearest widened bound, 0 inside), ``tolerance`` (the
-    absolute half-width used; for a range, how far its ends were widened), ``tolerance_rule``
-    (text: which rule gave it, default or claim) and ``verdict``.
+    statsmodels ``ttost_paired`` for a paired sample, ``DescrStatsW.ttost_mean`` for one sample
+    (versus None). p < alpha exactly when the (1 - 2 alpha) t-interval lies inside (low, high).
     """
-    if claim.get("statistic") is not None:
-        raise ConfigError(
-            f"claim {claim.get('id')!r} is a {claim['statistic']} claim; "
-            "use pvalue_claim_verdict with the reproduction's paired test"
-        )
-    s = summarize(reproduced_values)
-    mean, n = s["mean"], s["n"]
-    out: dict[str, Any] = {"reproduced": mean, "n": n, "difference": NAN}
-    if "range" in claim and claim["range"] is not None:
-        low, high = (to_float(v) for v in claim["range"])
-        tol = claim.get("tolerance")
-        if tol:
-            kind, x = _tolerance_spec(tol)
-            w_low, w_high = (x, x) if kind == "abs" else (x * abs(low), x * abs(high))
-            low_w, high_w = low - w_low, high + w_high
-            text = f"range widened by {kind} {_fmt(x)} (claim) to [{_fmt(low_w)}, {_fmt(high_w)}]"
-            out["tolerance"] = max(w_low, w_high)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if versus is None:
+            return np.asarray(DescrStatsW(np.asarray(x, dtype=float)).ttost_mean(low, high)[0])
+        return np.asarray(ttost_paired(np.asarray(x, dtype=float),
+                                       np.asarray(versus, dtype=float), low, high)[0])
+
+
+def greater_p(x: Any, threshold: float, versus: Any = None) -> np.ndarray:
+    """One-sided p that mean(x - versus) > threshold: scipy ``ttest_rel`` (paired, alternative
+    'greater', on x - threshold vs versus) or ``ttest_1samp`` (versus None)."""
+    x = np.asarray(x, dtype=float)
+    # spreadless samples warn about precision loss; bench.claims decides those exactly
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if versus is None:
+            res = sps.ttest_1samp(x, threshold, axis=0, alternative="greater")
         else:
-            low_w, high_w = low, high
-            text = "range as stated (no widening)"
-            out["tolerance"] = 0.0
-        out["tolerance_rule"] = text
-        if n == 0:
-            out["verdict"] = "not testable (no matching cells with status ok)"
-            return out
-        out["difference"] = (
-            mean - low_w if mean < low_w else mean - high_w if mean > high_w else 0.0
-        )
-        out["verdict"] = "reproduced" if low_w <= mean <= high_w else "not reproduced"
-        return out
-
-    value = to_float(claim.get("value"))
-    width, text = claim_tolerance(claim)
-    out["tolerance"], out["tolerance_rule"] = width, text
-    if n == 0:
-        out["verdict"] = "not testable (no matching cells with status ok)"
-        return out
-    out["difference"] = mean - value
-    # a hair of slack so that a difference equal to the tolerance is not lost to float error
-    ok = abs(mean - value) <= width + 1e-12 * max(1.0, abs(value))
-    out["verdict"] = "reproduced" if ok else "not reproduced"
-    return out
+            res = sps.ttest_rel(x - threshold, np.asarray(versus, dtype=float), axis=0,
+                                alternative="greater")
+    return np.asarray(res.pvalue)
 
 
-def pvalue_claim_verdict(claim: Mapping[str, Any], paired: Mapping[str, Any]) -> dict[str, Any]:
-    """Verdict of a ``statistic: paired_p`` claim against the reproduction's paired test.
+def _power_larger(effect: float, nobs: int, alpha: float) -> float:
+    return float(TTestPower().power(effect_size=effect, nobs=nobs, alpha=alpha,
+                                    alternative="larger"))
 
-    ``paired`` is a :func:`paired_test` result for the claim's method vs its reference.
-    Reproduced = the reproduced p and the stated p fall on the same side of ``alpha`` (the claim's
-    ``alpha``, default 0.05): the same significance conclusion. The reproduced p is unadjusted, like
-    the paper's single test.
-    """
-    stated = to_float(claim.get("value"))
-    alpha = to_float(claim.get("alpha", DEFAULT_ALPHA))
-    p = to_float(paired.get("p"))
-    out: dict[str, Any] = {
-        "reproduced": p,
-        "n": int(paired.get("n_pairs", 0)),
-        "difference": NAN,
-        "tolerance": NAN,
-        "tolerance_rule": f"same side of alpha={alpha:g} (reproduced paired-t p, unadjusted)",
-    }
-    status = str(paired.get("status", ""))
-    if status != TESTED:
-        out["verdict"] = status if status.startswith("not testable") else "not testable (no test)"
-        return out
-    out["difference"] = p - stated
-    out["verdict"] = "reproduced" if (p < alpha) == (stated < alpha) else "not reproduced"
-    return out
 
+def _smallest_n(power_at: Callable[[int], float], target: float) -> int | None:
+    """Smallest n in [2, SEEDS_MAX] with power_at(n) >= target (power grows with n), else None."""
+    if power_at(SEEDS_MAX) < target:
+        return None
+    lo, hi = 1, 2
+    while power_at(hi) < target:
+        lo, hi = hi, min(2 * hi, SEEDS_MAX)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if power_at(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def seeds_one_sided(distance: float, sd: float, alpha: float, power: float = 0.8) -> int | None:
+    """Seeds a one-sided t-test needs to reject at ``alpha`` with probability ``power`` when the
+    true mean lies ``distance`` beyond the null value at seed-to-seed spread ``sd``
+    (statsmodels ``TTestPower``). None: more than SEEDS_MAX, or no distance."""
+    if not (distance > 0 and sd > 0 and math.isfinite(distance / sd)):
+        return None
+    return _smallest_n(lambda n: _power_larger(distance / sd, n, alpha), power)
+
+
+def seeds_tost(mean: float, sd: float, low: float, high: float, alpha: float = 0.05,
+               power: float = 0.8) -> int | None:
+    """Seeds a TOST of low < mean < high needs to succeed with probability ``power`` if the
+    truth is ``mean`` at spread ``sd``. Power of the pair of one-sided tests, bounded below by
+    P(lower rejects) + P(upper rejects) - 1 (each from statsmodels ``TTestPower``)."""
+    if not (low < mean < high and sd > 0):
+        return None
+
+    def tost_power(n: int) -> float:
+        return (_power_larger((mean - low) / sd, n, alpha)
+                + _power_larger((high - mean) / sd, n, alpha) - 1.0)
+
+    return _smallest_n(tost_power, power)
+
+
+def mean_halfwidth(std: float, n: int, level: float = CONFIDENCE) -> float:
+    """Half-width of the ``level`` t-interval of a mean of n values with sample std ``std``."""
+    if n < 2:
+        raise ValueError(f"a t-interval needs at least 2 values, got n={n}")
+    return float(sps.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n))
+
+
+def welch_halfwidth(std1: float, n1: int, std2: float, n2: int,
+                    level: float = CONFIDENCE) -> tuple[float, float]:
+    """(half-width, Welch-Satterthwaite df) of the ``level`` interval of a difference of two
+    independent means (a Welch-type band)."""
+    if n1 < 2 or n2 < 2:
+        raise ValueError(f"a Welch interval needs at least 2 values per side, got {n1} and {n2}")
+    v1, v2 = std1**2 / n1, std2**2 / n2
+    se = math.sqrt(v1 + v2)
+    if se == 0:
+        return 0.0, NAN
+    df = (v1 + v2) ** 2 / (v1**2 / (n1 - 1) + v2**2 / (n2 - 1))
+    return float(sps.t.ppf(0.5 + level / 2, df) * se), float(df)
 
 # --------------------------------------------------------------------------------------------
 # paper-internal checks
@@ -378,6 +366,10 @@ def _rounding_spread(
             if math.isfinite(delta):
                 total += delta
     return total
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
 
 
 def _close(stated: float, recomputed: float, tol: float) -> bool:
@@ -411,133 +403,120 @@ def _paired_p(groups: list[np.ndarray]) -> float:
 
 
 def paper_checks(claim: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Recompute a claim's stated numbers from the paper's per-run values (``runs``).
+    """Recompute a claim's stated numbers from the paper's per-run values.
 
     Rows ``claim_id, check, stated, recomputed, consistent, note``:
 
-    - ``mean``: mean of ``runs`` vs ``value``.
-    - ``std (ddof=1)`` / ``std (ddof=0)``: ``runs``' sample std vs the stated ``std``; when the
-      stated std matches only the population std the row is named ``std (ddof=0)`` (consistent,
-      the note names the convention); the note always gives both.
-    - ``statistic: paired_p`` claims: ``p (paired t-test)`` and ``p (Welch t-test)`` recomputed from
-      ``runs`` (method) and ``reference_runs`` vs the stated p ``value``.
+    - ``mean``: mean of ``runs`` vs ``value`` (a claim without ``versus_runs``);
+      ``difference of means``: mean(``runs``) - mean(``versus_runs``) vs ``value`` (a
+      ``difference`` claim with both).
+    - ``std (ddof=1)`` / ``std (ddof=0)``: ``runs``' sample std vs the stated ``std`` (and
+      ``versus_runs`` vs ``versus_std``, named ``versus std``); when the stated std matches only
+      the population std the row is named ``std (ddof=0)`` (consistent, the note names the
+      convention); the note always gives both.
+    - ``stated_p``: ``p (paired t-test)`` and ``p (Welch t-test)`` recomputed from ``runs``
+      (method) and ``versus_runs`` vs the stated p.
 
     Tolerance: see the module docstring (stated rounding + the runs' rounding, first order).
-    A claim without ``runs`` gives no rows.
+    A claim without ``runs`` gives no rows. The paper's qualitative statements (its claim's
+    verdict on its own runs) are added by :func:`bench.claims.paper_check_rows`.
     """
     cid = claim.get("id")
     runs_raw = claim.get("runs")
     if not runs_raw:
         return []
-    runs = np.array([to_float(v) for v in runs_raw], dtype=float)
+    versus_raw = claim.get("versus_runs")
     rows: list[dict[str, Any]] = []
 
-    if claim.get("statistic") == "paired_p":
-        ref_raw = claim.get("reference_runs") or []
-        stated_raw = claim.get("value")
-        stated = to_float(stated_raw)
-        stated_h = half_unit(stated_raw) if stated_raw is not None else 0.0
-        groups = [runs_raw, ref_raw]
-        results = {}
-        for name, f in (("p (paired t-test)", _paired_p), ("p (Welch t-test)", _welch_p)):
+    value_raw = claim.get("value")
+    if value_raw is not None and not isinstance(value_raw, (list, dict)):
+        stated = to_float(value_raw)
+        if versus_raw and claim.get("kind") == "difference":
+
+            def f(g: list[np.ndarray]) -> float:
+                return float(np.mean(g[0]) - np.mean(g[1]))
+
+            groups = [runs_raw, versus_raw]
+            check, what = "difference of means", "mean of runs - mean of versus_runs"
+        elif not versus_raw:
+
+            def f(g: list[np.ndarray]) -> float:
+                return float(np.mean(g[0]))
+
+            groups = [runs_raw]
+            check, what = "mean", f"mean of {len(runs_raw)} runs"
+        else:
+            groups = []
+        if groups:
             arrs = [np.array([to_float(v) for v in g], dtype=float) for g in groups]
             rec = f(arrs)
-            tol = stated_h + _rounding_spread(f, groups)
-            results[name] = (rec, tol)
-        matched = [
-            k
-            for k, (rec, tol) in results.items()
-            if math.isfinite(rec) and _close(stated, rec, tol)
-        ]
-        for name, (rec, tol) in results.items():
-            if not math.isfinite(rec):
-                why = (
-                    "needs equal numbers of method and reference runs (>= 2) with non-constant "
-                    "differences"
-                    if "paired" in name
-                    else "needs >= 2 runs per side and some spread"
-                )
-                rows.append(_row(cid, name, stated, NAN, None, f"cannot recompute: {why}"))
-                continue
-            note = f"tolerance +-{_fmt(tol)} (rounding of the stated p and of the runs)"
-            if not matched:
-                others = ", ".join(f"{k} {_fmt(v[0])}" for k, v in results.items())
-                note += f"; no t-test on the stated runs gives p = {_fmt(stated)} ({others})"
-            rows.append(_row(cid, name, stated, rec, name in matched, note))
-        return rows
-
-    runs_h = _rounding_spread(lambda g: float(np.mean(g[0])), [runs_raw])
-    if claim.get("value") is not None and not isinstance(claim.get("value"), (list, dict)):
-        stated_raw = claim["value"]
-        stated = to_float(stated_raw)
-        rec = float(runs.mean())
-        tol = half_unit(stated_raw) + runs_h
-        rows.append(
-            _row(
-                cid,
-                "mean",
-                stated,
-                rec,
-                _close(stated, rec, tol),
-                f"mean of {runs.size} runs; tolerance +-{_fmt(tol)} (rounding)",
-            )
-        )
-    if claim.get("std") is not None and runs.size >= 2:
-        stated_raw = claim["std"]
-        stated = to_float(stated_raw)
-        sample = float(runs.std(ddof=1))
-        population = float(runs.std(ddof=0))
-        tol_s = half_unit(stated_raw) + _rounding_spread(
-            lambda g: float(np.std(g[0], ddof=1)), [runs_raw]
-        )
-        tol_p = half_unit(stated_raw) + _rounding_spread(
-            lambda g: float(np.std(g[0], ddof=0)), [runs_raw]
-        )
-        k = decimals(stated_raw)  # shown at the paper's precision; full values in `recomputed`
-        both = f"sample std (ddof=1) {sample:.{k}f}, population std (ddof=0) {population:.{k}f}"
-        if _close(stated, sample, tol_s):
-            rows.append(
-                _row(
-                    cid,
-                    "std (ddof=1)",
-                    stated,
-                    sample,
-                    True,
-                    (
-                        "matches the sample std"
-                        if round(sample, k) == round(stated, k)
-                        else "matches the sample std only within rounding (the printed runs "
-                        "are rounded too)"
-                    )
-                    + f", tolerance +-{_fmt(tol_s)}; {both}",
-                )
-            )
-        elif _close(stated, population, tol_p):
-            rows.append(
-                _row(
-                    cid,
-                    "std (ddof=0)",
-                    stated,
-                    population,
-                    True,
-                    f"matches the population std (ddof=0), not the sample std: the paper "
-                    f"likely used ddof=0; {both}",
-                )
-            )
-        else:
-            rows.append(
-                _row(
-                    cid,
-                    "std (ddof=1)",
-                    stated,
-                    sample,
-                    False,
-                    f"matches neither the sample nor the population std of its runs "
-                    f"(tolerance +-{_fmt(tol_s)}); {both}",
-                )
-            )
-    elif claim.get("std") is not None:
-        rows.append(
-            _row(cid, "std (ddof=1)", to_float(claim["std"]), NAN, None, "needs >= 2 runs")
-        )
+            tol = half_unit(value_raw) + _rounding_spread(f, groups)
+            rows.append(_row(cid, check, stated, rec, _close(stated, rec, tol),
+                             f"{what}; tolerance +-{_fmt(tol)} (rounding)"))
+    if claim.get("std") is not None:
+        rows.append(_std_row(cid, "std", claim["std"], runs_raw))
+    if claim.get("versus_std") is not None and versus_raw:
+        rows.append(_std_row(cid, "versus std", claim["versus_std"], versus_raw))
+    if claim.get("stated_p") is not None and versus_raw:
+        rows.extend(_p_rows(cid, claim["stated_p"], runs_raw, versus_raw))
     return rows
+
+
+def _p_rows(cid: Any, stated_raw: Any, runs_raw: Sequence[Any], versus_raw: Sequence[Any]
+            ) -> list[dict[str, Any]]:
+    stated = to_float(stated_raw)
+    stated_h = half_unit(stated_raw)
+    groups = [runs_raw, versus_raw]
+    results = {}
+    for name, f in (("p (paired t-test)", _paired_p), ("p (Welch t-test)", _welch_p)):
+        arrs = [np.array([to_float(v) for v in g], dtype=float) for g in groups]
+        results[name] = (f(arrs), stated_h + _rounding_spread(f, groups))
+    matched = [k for k, (rec, tol) in results.items()
+               if math.isfinite(rec) and _close(stated, rec, tol)]
+    rows = []
+    for name, (rec, tol) in results.items():
+        if not math.isfinite(rec):
+            why = (
+                "needs equal numbers of method and versus runs (>= 2) with non-constant "
+                "differences"
+                if "paired" in name
+                else "needs >= 2 runs per side and some spread"
+            )
+            rows.append(_row(cid, name, stated, NAN, None, f"cannot recompute: {why}"))
+            continue
+        note = f"tolerance +-{_fmt(tol)} (rounding of the stated p and of the runs)"
+        if not matched:
+            others = ", ".join(f"{k} {_fmt(v[0])}" for k, v in results.items())
+            note += f"; no t-test on the stated runs gives p = {_fmt(stated)} ({others})"
+        rows.append(_row(cid, name, stated, rec, name in matched, note))
+    return rows
+
+
+def _std_row(cid: Any, label: str, stated_raw: Any, runs_raw: Sequence[Any]) -> dict[str, Any]:
+    stated = to_float(stated_raw)
+    runs = np.array([to_float(v) for v in runs_raw], dtype=float)
+    if runs.size < 2:
+        return _row(cid, f"{label} (ddof=1)", stated, NAN, None, "needs >= 2 runs")
+    sample = float(runs.std(ddof=1))
+    population = float(runs.std(ddof=0))
+    tol_s = half_unit(stated_raw) + _rounding_spread(
+        lambda g: float(np.std(g[0], ddof=1)), [runs_raw]
+    )
+    tol_p = half_unit(stated_raw) + _rounding_spread(
+        lambda g: float(np.std(g[0], ddof=0)), [runs_raw]
+    )
+    k = decimals(stated_raw)  # shown at the paper's precision; full values in `recomputed`
+    both = f"sample std (ddof=1) {sample:.{k}f}, population std (ddof=0) {population:.{k}f}"
+    if _close(stated, sample, tol_s):
+        exact = round(sample, k) == round(stated, k)
+        how = ("matches the sample std" if exact else "matches the sample std only within "
+               "rounding (the printed runs are rounded too)")
+        return _row(cid, f"{label} (ddof=1)", stated, sample, True,
+                    f"{how}, tolerance +-{_fmt(tol_s)}; {both}")
+    if _close(stated, population, tol_p):
+        return _row(cid, f"{label} (ddof=0)", stated, population, True,
+                    f"matches the population std (ddof=0), not the sample std: the paper "
+                    f"likely used ddof=0; {both}")
+    return _row(cid, f"{label} (ddof=1)", stated, sample, False,
+                f"matches neither the sample nor the population std of its runs "
+                f"(tolerance +-{_fmt(tol_s)}); {both}")

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import pickle
 import platform
 import socket
 import subprocess
@@ -32,11 +33,17 @@ from bench.data import DatasetSplits, DeviceLoader, load_dataset
 from bench.methods import METHODS
 from bench.methods.base import Method
 from bench.models import build_model
-from bench.tracking import TrackingError, brief_error
+from bench.tracking import TrackingError, brief_error, prepared_dataset, source_tags
 
 SCHEMA_VERSION = 1
 NAN_CHECK_EVERY = 50  # steps between divergence checks (each one syncs the device)
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines within an epoch
+# Where a cell ran, beyond its resolved config, shapes a CPU result: torch splits reductions by
+# thread count (one digits cell: val_acc 0.3167 with 1 thread, 0.3083 with 2) and another
+# device runs other kernels. Not hashed (the plan cannot know the device `auto` resolves to on
+# a node, nor the threads Snakemake grants under --cores): a checkpoint records them and a
+# resume under others starts the cell over (a new MLflow run; the old one is superseded).
+ENVIRONMENT_KEYS = ("threads", "device", "device_name")
 
 # Speed options (`train.precision`, `train.channels_last`), off by default: the papers' numbers
 # are fp32. With `precision: bf16` the whole loop (training steps and evaluation) runs under
@@ -156,6 +163,12 @@ class Run:
         self.timing["eval_images"] += len(self.data.val_y)
         return out
 
+    @property
+    def resident_data_bytes(self) -> int:
+        """Bytes of the dataset splits held on the training device (not in a paper's peak)."""
+        d = self.data
+        return measure.resident_bytes([d.train_x, d.train_y, d.val_x, d.val_y], self.device)
+
     def modelled_peak_mib(self, activation_bytes: int | None) -> float:
         """Params + grads + optimizer state + saved activations + method buffers, in MiB."""
         total = (measure.param_bytes(self.model) + measure.grad_bytes(self.model)
@@ -172,6 +185,10 @@ class Run:
             self.status, self.reason = "diverged", f"train loss became {loss} in epoch {self.epoch}"
         self.epoch += 1
         self.on_epoch(self, record)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else max(a, b)
 
 
 def lr_factor(train: dict[str, Any], epochs: int, progress: float) -> float:
@@ -209,10 +226,15 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, Any]:
     clock_start: float | None = None
     timed_images = 0
     last_print = time.perf_counter()
+    # BatchNorm cannot normalise a batch of one image whose features are 1x1 (one value per
+    # channel): a last batch of one is skipped, as `drop_last` would (one image of the epoch)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     channels_last = numerics(run.cfg["train"])["channels_last"]
     measure.sync(device)
     epoch_start = time.perf_counter()
     for step, (inputs, targets) in enumerate(run.train_loader):
+        if has_bn and targets.shape[0] == 1 and step > 0:
+            continue
         run.set_lr(epoch + step / n_steps)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)  # (B, C, H, W), NHWC
@@ -272,9 +294,14 @@ def fit(run: Run) -> None:
         stats: dict[str, Any] = {}
         if run.method.steps_in(phase):
             stats = train_one_epoch(run, epoch)
+        train_alloc, train_reserved = peak.stop()  # the phase's own work + the training steps
         run.grad_stats = run.grad_tracker.finish() if run.grad_tracker is not None else {}
+        peak.start()
         val = run.evaluate()
-        peak_alloc, peak_reserved = peak.stop()  # adversarial evaluation stays outside the peak
+        eval_alloc, eval_reserved = peak.stop()  # adversarial evaluation stays outside the peaks
+        peak_alloc, peak_reserved = _max(train_alloc, eval_alloc), _max(train_reserved,
+                                                                         eval_reserved)
+        resident = run.resident_data_bytes
         extra: dict[str, Any] = {}
         if before is not None:
             extra["elasticity"] = metrics.elasticity(before, run.model.parameters())
@@ -296,6 +323,9 @@ def fit(run: Run) -> None:
             "train_images_per_s": stats.get("train_images_per_s"),
             "peak_alloc_mib": peak_alloc,
             "peak_reserved_mib": peak_reserved,
+            # paper-comparable: without the device-resident dataset, evaluation measured apart
+            "peak_train_mib": measure.without_resident(train_alloc, resident),
+            "peak_eval_mib": measure.without_resident(eval_alloc, resident),
             "activation_mib": act / measure.MIB if act is not None else None,
             # an epoch without steps (a rest phase) keeps no activations for backward
             "modelled_peak_mib": run.modelled_peak_mib(act),
@@ -413,8 +443,9 @@ def is_oom(err: BaseException) -> bool:
 class Checkpoint:
     """`checkpoint.pt` beside the result: written atomically at every epoch boundary."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, environment: dict[str, Any] | None = None) -> None:
         self.path = out_dir / "checkpoint.pt"
+        self.environment = environment  # ENVIRONMENT_KEYS of the session that saves
 
     def save(self, run: Run, tracking: dict[str, Any]) -> None:
         state = {
@@ -427,6 +458,7 @@ class Checkpoint:
             "timing": run.timing,
             "static": run.static,
             "tracking": tracking,
+            "environment": self.environment,
             "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(),
             "method": run.method.state_dict(),
@@ -437,14 +469,28 @@ class Checkpoint:
         atomic_torch_save(self.path, state)
 
     def load(self, expected_hash: str) -> dict[str, Any] | None:
-        """The saved state, or None (no checkpoint, another config, or an unreadable file)."""
+        """The saved state, or None (no checkpoint, another config, or an unreadable file).
+
+        `weights_only=True`: only tensors and plain data (dicts, lists, numbers, strings) are
+        unpickled. A results folder may sit on a shared file system, and a planted
+        checkpoint.pt must not run code: one holding anything else is refused, unread."""
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log(f"checkpoint {self.path} is refused: it holds objects other than tensors and "
+                f"plain data, and loading it could run code ({first[:300]}); starting the cell "
+                f"from scratch")
+            return None
         except Exception as e:  # noqa: BLE001 - a truncated/corrupted file: start again
             log(f"checkpoint {self.path} is unreadable ({type(e).__name__}: {e}); "
                 f"starting the cell from scratch")
+            return None
+        if not isinstance(state, dict):
+            log(f"checkpoint {self.path} is unreadable (not a checkpoint); starting the cell "
+                f"from scratch")
             return None
         if state.get("config_hash") != expected_hash:
             log(f"checkpoint {self.path} belongs to another config "
@@ -546,9 +592,9 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         if tracker is None:
             return
         tags = {**{f"axis.{k}": str(v) for k, v in cell.axes().items()},
-                "config_hash": chash, "memrepro.version": "1"}
+                "config_hash": chash, "memrepro.version": "1", **source_tags(prov)}
         exp_id, run_id = tracker.call("start the cell's MLflow run", tracker.start_cell,
-                                      cfg["study"], cell.cell_id, tags, cfg)
+                                      cfg["study"], cell.cell_id, tags, cfg, resumed_run)
         if resumed_run and resumed_run != run_id:
             log(f"note: checkpoint named MLflow run {resumed_run}, the store has {run_id}")
         tracking.update(tracking_uri=tracker.uri, experiment_id=exp_id, run_id=run_id)
@@ -565,7 +611,8 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         log(f"skipped: {why}")
         return result
 
-    checkpoint = Checkpoint(out_dir)
+    environment = {k: prov[k] for k in ENVIRONMENT_KEYS}
+    checkpoint = Checkpoint(out_dir, environment)
     mirror: _EpochMirror | None = None
     run: Run | None = None
     resumed_from: int | None = None
@@ -574,12 +621,19 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
         run = build_run(cfg, out_dir, device)
         run.method.setup(run)
         state = checkpoint.load(chash)
+        if state is not None and state.get("environment") != environment:
+            log(f"checkpoint {checkpoint.path} was written with {state.get('environment')}, "
+                f"this session runs with {environment}: starting the cell from scratch "
+                f"(threads and device change a CPU result)")
+            state = None
         if state is not None:
             checkpoint.restore(run, state)
             resumed_from = run.epoch
             log(f"resuming from the checkpoint after epoch {run.epoch} of {run.epochs}")
         start_tracking(state["tracking"]["run_id"] if state else None)
         if tracker is not None:
+            tracker.call("name the run's dataset", tracker.log_dataset, tracking["run_id"],
+                         prepared_dataset(cfg["dataset"], run.data, cfg["data_root"]))
             mirror = _EpochMirror(tracker, tracking["run_id"])
             if run.history:  # epochs a previous session may not have logged
                 mirror.catch_up(run.history)
@@ -726,6 +780,7 @@ def _publish(result: dict[str, Any], out_path: Path, tracker: Any | None,
         atomic_write_json(staged, result)
 
         def close_run() -> None:
+            tracker.log_result(tracking["run_id"], result)  # final values, as latest metrics
             tracker.client.log_dict(tracking["run_id"], cfg, "config.json")
             tracker.finish(tracking["run_id"], status, [staged])
 
@@ -788,6 +843,9 @@ def _memory(run: Run) -> dict[str, Any]:
         "modelled_peak_mib": peak("modelled_peak_mib"),
         "peak_alloc_mib": peak("peak_alloc_mib"),
         "peak_reserved_mib": peak("peak_reserved_mib"),
+        "peak_train_mib": peak("peak_train_mib"),
+        "peak_eval_mib": peak("peak_eval_mib"),
+        "resident_data_mib": run.resident_data_bytes / measure.MIB,
         "batch_size": run.cfg["train"]["batch_size"],
     }
 

@@ -3,9 +3,10 @@ import functools
 import hashlib
 import json
 import os
+import shlex
+import subprocess
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from bench.config import (
     Cell,
@@ -13,17 +14,20 @@ from bench.config import (
     canonical_json,
     cell_dir,
     check_config,
+    check_device,
     claims_path,
     dataset_spec,
     plan,
     pretrain_spec,
     ranking_spec,
     tracking_uri,
+    write_cell_config,
 )
 from bench.errors import ConfigError
 
 
-validate(config, "../config/schema/config.schema.yaml")
+# Schema, names, options, shapes: every bad input stops here, before any job, in one line per
+# problem (check_config validates against config/schema/config.schema.yaml itself).
 try:
     CONFIG = check_config(config)
 except ConfigError as e:
@@ -50,7 +54,8 @@ TABLES = [
     "memory_summary",
     "claims",
     "paper_checks",
-]
+    "mechanism_checks",
+]  # bench.aggregate.TABLES (tests/test_workflow.py checks they agree)
 
 
 wildcard_constraints:
@@ -82,10 +87,23 @@ def dataset_spec_json(wildcards):
 
 
 def cell_inputs(wildcards):
-    """The files a cell reads: its data check, and the pretrained checkpoint and layer ranking
-    its resolved config names (made by rules/pretrain.smk, or given by the user)."""
-    cfg = RESOLVER.resolve(cell_of(wildcards))
-    return [prepared_data(wildcards), *cfg["inputs"].values()]
+    """The files a cell reads: its resolved config, its data check, and the pretrained
+    checkpoint and layer ranking the config names (made by rules/pretrain.smk, or given by
+    the user).
+
+    The resolved config is written here, while planning, as `config-<digest>.json` beside the
+    cell's result (bench.config.write_cell_config): a changed setting is a new, newer file, so
+    the cell reruns whether or not `.snakemake/` remembers the old params (a fresh clone on an
+    existing results folder); a result that already matches keeps a config file older than
+    itself and reruns nothing."""
+    cell = cell_of(wildcards)
+    cfg = RESOLVER.resolve(cell)
+    try:
+        config_file = write_cell_config(RESULTS, cell, cfg)
+    except OSError as e:
+        raise WorkflowError(f"cannot write the resolved config of cell {cell.cell_id} under "
+                            f"{RESULTS}: {e.strerror}") from None
+    return {"config": str(config_file), "data": prepared_data(wildcards), **cfg["inputs"]}
 
 
 def ranking_checkpoint(wildcards):
@@ -104,11 +122,6 @@ def cell_of(wildcards):
     )
 
 
-def cell_config_json(wildcards):
-    """The resolved cell config: a params value, so a changed setting reruns the cell."""
-    return RESOLVER.json(cell_of(wildcards))
-
-
 def study_config_json(wildcards):
     """The config with only this study: another study's change does not re-aggregate it."""
     return json.dumps({**CONFIG, "studies": {wildcards.study: CONFIG["studies"][wildcards.study]}},
@@ -117,8 +130,8 @@ def study_config_json(wildcards):
 
 @functools.cache
 def _results_of(study):
-    return [f"{RESULTS}/{c.study}/cells/{c.method}/{c.model}/{c.dataset}/{c.budget}/s{c.seed}"
-            "/result.json" for c in CELLS if c.study == study]  # cell_dir, as strings
+    return [f"{RESULTS}/{c.study}/cells/{c.method}/{c.model}/{c.dataset}/{c.budget}/s{c.seed}/"
+            "result.json" for c in CELLS if c.study == study]  # cell_dir, as strings
 
 
 def study_results(wildcards):
@@ -152,20 +165,39 @@ def gpu_exclusive(wildcards):
 # GPUs but never assigns them) and execs the command; with `gpu=0`, or under Slurm (which
 # assigns devices itself), it only execs. Values travel as resources, not params, so changing
 # them never reruns a finished cell.
+# The lock folder is baked into the command text: shell-quoted here (check_config refuses
+# braces in paths, which Snakemake would read as placeholders).
+GPU_SLOTS_DIR = f"{RESULTS}/.gpu-slots"
 GPU_SLOT = (
-    f"python -m bench.slots --lock-dir {RESULTS}/.gpu-slots "
-    "--need {resources.gpu} --exclusive-if {resources.gpu_exclusive} --"
+    f"python -m bench.slots --lock-dir {shlex.quote(GPU_SLOTS_DIR)} "
+    "--need {resources.gpu:q} --exclusive-if {resources.gpu_exclusive:q} --"
 )
 
 
-def init_tracking_command():
+def init_tracking_args():
     """Create the MLflow store and the studies' experiments once, before any job (`onstart`):
-    MLflow's schema migration races when several cells open a brand-new sqlite file at once."""
-    studies = " ".join(f"--study {s}" for s in STUDIES)
-    return (
-        f"python -m bench init-tracking {studies} --tracking-uri '{TRACKING_URI}' "
-        f"--results '{RESULTS}' --out '{RESULTS}/.tracking.json'"
-    )
+    MLflow's schema migration races when several cells open a brand-new sqlite file at once.
+    An argument list, run without a shell: no value of the config is ever parsed as shell."""
+    args = ["python", "-m", "bench", "init-tracking"]
+    for s in STUDIES:
+        args += ["--study", s]
+    return args + ["--tracking-uri", TRACKING_URI, "--results", RESULTS,
+                   "--out", f"{RESULTS}/.tracking.json"]
+
+
+def before_any_job():
+    """`onstart`: devices that the local jobs will ask for exist, and the MLflow store."""
+    if workflow.local_exec:  # a cluster's jobs run elsewhere: their devices are theirs to check
+        try:
+            check_device(CONFIG)
+        except ConfigError as e:
+            raise WorkflowError(str(e)) from None
+    if TRACKING_URI:
+        proc = subprocess.run(init_tracking_args(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise WorkflowError(f"creating the MLflow store {TRACKING_URI} failed:\n"
+                                f"{proc.stdout[-3000:]}")
 
 
 # Where results are mirrored is not part of what a cell computes: it travels to the jobs in

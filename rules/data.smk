@@ -13,4 +13,4 @@ rule prepare_data:
         "../environment.yml"
     shell:
         "python -m bench prepare-data --spec {params.spec:q} "
-        "--dataset {wildcards.dataset} --out {output:q} > {log:q} 2>&1"
+        "--dataset {wildcards.dataset:q} --out {output:q} > {log:q} 2>&1"

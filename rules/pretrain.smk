@@ -25,7 +25,7 @@ rule pretrain:
     shell:
         f"{GPU_SLOT} python -m bench "
         "pretrain --spec {params.spec:q} --out {output:q} "
-        "--threads {threads} --device {params.device} > {log:q} 2>&1"
+        "--threads {threads:q} --device {params.device:q} > {log:q} 2>&1"
 
 
 rule rank_layers:
@@ -52,4 +52,4 @@ rule rank_layers:
     shell:
         f"{GPU_SLOT} python -m bench "
         "rank-layers --spec {params.spec:q} --out {output:q} "
-        "--threads {threads} --device {params.device} > {log:q} 2>&1"
+        "--threads {threads:q} --device {params.device:q} > {log:q} 2>&1"

@@ -1,16 +1,15 @@
-# One job per cell. The resolved cell config is a param: changing a setting reruns exactly
-# the cells it affects; a comment edit in a config file reruns nothing.
+# One job per cell. Its resolved config is an input file named by a digest of its content
+# (rules/common.smk, cell_inputs): changing a setting reruns exactly the cells it affects, with
+# or without .snakemake metadata; a comment edit in a config file reruns nothing.
 
 
 rule train:
     input:
-        cell_inputs,
+        unpack(cell_inputs),
     output:
         f"{RESULTS}/{CELL_PATH}/result.json",
     log:
         f"{RESULTS}/{CELL_PATH}/train.log",
-    params:
-        cell=cell_config_json,
     threads: CONFIG["threads"]
     resources:
         mem_mb=lambda wildcards, attempt: TRAIN_MEM_MB * attempt,
@@ -22,5 +21,5 @@ rule train:
         "../environment.yml"
     shell:
         f"{GPU_SLOT} python -m bench "
-        "train --cell {params.cell:q} --out {output:q} "
-        "--threads {threads} > {log:q} 2>&1"
+        "train --cell @{input.config:q} --out {output:q} "
+        "--threads {threads:q} > {log:q} 2>&1"

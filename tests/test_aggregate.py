@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import re
 import time
 
 import pandas as pd
@@ -11,6 +12,7 @@ import yaml
 
 from bench import aggregate as agg
 from bench import stats
+from bench.config import ROOT
 from bench.errors import BenchError, ConfigError
 
 RW_VAL_ACC = {
@@ -118,18 +120,23 @@ RW_CLAIMS = {
     "paper": {"title": "Rest-Wake training", "citation": "seed 000"},
     "claims": [
         {"id": "sgd_val_acc", "description": "SGD final val acc", "source": "Table 2",
-         "method": "sgd", "metric": "val_acc", "value": 0.8319,
-         "runs": [0.8263, 0.8311, 0.8384]},
-        {"id": "sgd_peak", "source": "Table 2", "method": "sgd", "metric": "peak_alloc_mib",
+         "kind": "value", "scope": "thesis", "method": "sgd", "metric": "val_acc",
+         "value": 0.8319, "margin": "from_runs", "runs": [0.8263, 0.8311, 0.8384]},
+        {"id": "sgd_peak", "source": "Table 2", "kind": "value", "scope": "paper",
+         "method": "sgd", "metric": "peak_alloc_mib",
          "where": {"model": "resnet18_imagenet_stem", "dataset": "cifar10", "budget": "none"},
-         "value": 433.49, "std": 52.34, "runs": [370.66, 464.74, 465.07]},
-        {"id": "improved_acc_range", "source": "Abstract", "method": "restwake_improved",
-         "metric": "val_acc", "range": [0.85, 0.9]},
-        {"id": "p_improved", "source": "Section 5", "method": "restwake_improved",
-         "metric": "val_acc", "statistic": "paired_p", "value": 0.0919,
-         "runs": [0.8266, 0.8333, 0.8303], "reference_runs": [0.8263, 0.8311, 0.8384]},
-        {"id": "missing_method", "source": "Table 9", "method": "nonexistent",
-         "metric": "val_acc", "value": 0.5},
+         "value": 433.49, "std": 52.34, "n_runs": 3, "margin": "from_std",
+         "runs": [370.66, 464.74, 465.07]},
+        {"id": "improved_acc_range", "source": "Abstract", "kind": "range", "scope": "thesis",
+         "method": "restwake_improved", "metric": "val_acc", "range": [0.85, 0.9], "margin": 0,
+         "margin_reason": "the range as stated"},
+        {"id": "improved_equivalent", "source": "Section 5", "kind": "equivalence",
+         "scope": "thesis", "method": "restwake_improved", "versus": "sgd", "metric": "val_acc",
+         "margin": 0.01, "margin_reason": "within 1 point", "stated_p": 0.0919,
+         "runs": [0.8266, 0.8333, 0.8303], "versus_runs": [0.8263, 0.8311, 0.8384]},
+        {"id": "missing_method", "source": "Table 9", "kind": "value", "scope": "thesis",
+         "method": "nonexistent", "metric": "val_acc", "value": 0.5, "margin": 0.01,
+         "margin_reason": "a test"},
     ],
 }  # fmt: skip
 
@@ -161,7 +168,7 @@ def test_every_table_has_the_contract_columns(tmp_path):
         "config_hash", "mlflow_run_id", "epochs",
         "val_acc", "val_loss", "train_loss", "train_acc", "kl_sym", "rest_epochs",
         "param_mib", "activation_mib", "modelled_peak_mib", "peak_alloc_mib", "peak_reserved_mib",
-        "forward_flops_per_image", "backward_flops_per_image", "weight_grad_flops_per_image",
+        "peak_train_mib", "peak_eval_mib", "forward_flops_per_image", "backward_flops_per_image", "weight_grad_flops_per_image",
         "train_images_per_s", "eval_images_per_s", "train_s", "total_s",
     ]  # fmt: skip
     assert list(t["history"].columns) == [
@@ -174,17 +181,18 @@ def test_every_table_has_the_contract_columns(tmp_path):
         "ci_high", "n",
     ]  # fmt: skip
     assert list(t["paired_tests"].columns) == [
-        "study", "method", "reference", "model", "dataset", "budget", "metric", "n_pairs",
-        "mean_method", "mean_reference", "mean_diff", "diff_ci_low", "diff_ci_high", "t", "p",
-        "p_holm", "d_z", "status",
+        "study", "method", "versus", "model", "dataset", "budget", "metric", "endpoint",
+        "n_pairs", "mean_method", "mean_versus", "mean_diff", "diff_ci_low", "diff_ci_high", "t",
+        "p", "p_holm", "d_z", "status",
     ]  # fmt: skip
     assert list(t["memory_summary"].columns) == [
         "study", "method", "model", "dataset", "budget", "metric", "mean", "std", "min", "max", "n",
     ]  # fmt: skip
     assert list(t["claims"].columns) == [
-        "claim_id", "description", "source", "method", "metric", "model", "dataset", "budget",
-        "paper_value", "paper_low", "paper_high", "reproduced", "n", "difference", "tolerance",
-        "verdict",
+        "claim_id", "study", "kind", "scope", "method", "versus", "model", "dataset", "budget",
+        "metric", "paper_value", "paper_low", "paper_high", "margin", "margin_origin",
+        "estimate", "ci_low", "ci_high", "test", "p", "p_holm", "n", "seeds_needed", "verdict",
+        "reason", "description", "source",
     ]  # fmt: skip
     assert list(t["paper_checks"].columns) == [
         "claim_id", "check", "stated", "recomputed", "consistent", "note",
@@ -285,7 +293,10 @@ def test_paired_tests_and_holm_by_hand(tmp_path):
     _, t, _ = run_study(tmp_path, restwake_results())
     p = t["paired_tests"]
     assert len(p) == 4  # 2 methods x 2 metrics; the reference is not tested against itself
-    assert set(p["reference"]) == {"sgd"}
+    assert set(p["versus"]) == {"sgd"}
+    # primary endpoints default to the metrics of the thesis claims: val_acc, not val_loss
+    assert p.set_index("metric")["endpoint"].to_dict() == {"val_acc": "primary",
+                                                          "val_loss": "secondary"}
     assert p["method"].tolist() == ["restwake_improved"] * 2 + ["restwake_original"] * 2
     assert p["metric"].tolist() == ["val_acc", "val_loss"] * 2
     acc = p[p["metric"] == "val_acc"].set_index("method")
@@ -334,10 +345,12 @@ def test_budget_groups_natural_order_and_reference_at_budget_none(tmp_path):
             results.append(make_result("tradyn", "tradyn", "mbv2", "cifar10", b, seed,
                                        val_acc=base + 0.002 * seed * seed))  # fmt: skip
     claims = {"study": "tradyn", "claims": [
-        {"id": "tradyn_27946", "source": "Table 1", "method": "tradyn", "metric": "val_acc",
-         "where": {"budget": 27946}, "value": 0.8988, "std": 0.0019},
-        {"id": "tradyn_any", "source": "Table 1", "method": "tradyn", "metric": "val_acc",
-         "value": 0.9}]}  # fmt: skip
+        {"id": "tradyn_27946", "source": "Table 1", "kind": "value", "scope": "thesis",
+         "method": "tradyn", "metric": "val_acc", "where": {"budget": 27946}, "value": 0.8988,
+         "std": 0.0019, "n_runs": 3, "margin": "from_std"},
+        {"id": "tradyn_any", "source": "Table 1", "kind": "value", "scope": "thesis",
+         "method": "tradyn", "metric": "val_acc", "value": 0.9, "margin": 0.05,
+         "margin_reason": "a test"}]}  # fmt: skip
     _, t, _ = run_study(tmp_path, results, claims=claims, reference="full_ft", metrics=["val_acc"])
     c = t["cells"]
     budgets = c[c["method"] == "tradyn"]["budget"].tolist()
@@ -345,13 +358,19 @@ def test_budget_groups_natural_order_and_reference_at_budget_none(tmp_path):
     p = t["paired_tests"]
     assert p["budget"].tolist() == ["27946", "66592", "93696"]
     assert (p["status"] == "tested").all()
-    assert p["mean_reference"].tolist() == pytest.approx([0.921] * 3)
+    assert p["mean_versus"].tolist() == pytest.approx([0.921] * 3)
     assert p["p_holm"].notna().all()
-    cl = t["claims"].set_index("claim_id")
-    assert cl.loc["tradyn_27946", "budget"] == "27946"
-    assert cl.loc["tradyn_27946", "reproduced"] == pytest.approx(0.88 + 0.002 * 5 / 3)
-    assert cl.loc["tradyn_27946", "verdict"] == "not reproduced"  # |0.88333 - 0.8988| > 0.0038
-    assert cl.loc["tradyn_any", "verdict"].startswith("not testable (claim matches 3 groups")
+    cl = t["claims"]
+    one = cl[cl["claim_id"] == "tradyn_27946"].iloc[0]
+    assert one["budget"] == "27946" and one["n"] == 3
+    assert one["estimate"] == pytest.approx(0.88 + 0.002 * 5 / 3)
+    # 95% CI [0.873, 0.894] wholly below 0.8988 - 0.0047 (the paper's own 95% band)
+    assert one["verdict"] == "contradicted"
+    assert one["margin"] == pytest.approx(stats.mean_halfwidth(0.0019, 3))
+    # a thesis claim without `where` is evaluated in every group, the group named
+    anyb = cl[cl["claim_id"] == "tradyn_any"]
+    assert anyb["budget"].tolist() == ["27946", "66592", "93696"]
+    assert all(v.startswith(("reproduced", "inconclusive")) for v in anyb["verdict"])
 
 
 # ----------------------------------------------------------------------------------- claims
@@ -362,36 +381,38 @@ def test_claims_and_paper_checks(tmp_path):
     cl = t["claims"].set_index("claim_id")
     assert list(cl.index) == [c["id"] for c in RW_CLAIMS["claims"]]
     acc = cl.loc["sgd_val_acc"]
-    assert acc["reproduced"] == pytest.approx(sum(RW_VAL_ACC["sgd"]) / 3)
-    assert acc["difference"] == pytest.approx(sum(RW_VAL_ACC["sgd"]) / 3 - 0.8319)
+    assert acc["estimate"] == pytest.approx(sum(RW_VAL_ACC["sgd"]) / 3)
     assert acc["verdict"] == "reproduced" and acc["n"] == 3
-    assert acc["tolerance"] == pytest.approx(0.05 * 0.8319)  # default: rel 0.05, no std
+    assert acc["margin"] == pytest.approx(stats.mean_halfwidth(0.0060934, 3), rel=1e-3)
+    assert acc["margin_origin"].startswith("from_runs")
     assert acc["model"] == "resnet18_imagenet_stem" and acc["budget"] == "none"
+    assert acc["test"].startswith("TOST") and acc["p"] < 0.05
+    assert acc["ci_low"] > 0.8319 - acc["margin"] and acc["ci_high"] < 0.8319 + acc["margin"]
     peak = cl.loc["sgd_peak"]
-    assert peak["paper_value"] == 433.49
-    assert peak["tolerance"] == pytest.approx(2 * 52.34)  # default: 2 x stated std
+    assert peak["paper_value"] == 433.49 and peak["scope"] == "paper"
+    assert peak["margin"] == pytest.approx(stats.mean_halfwidth(52.34, 3))
     assert peak["verdict"] == "reproduced"
     rng = cl.loc["improved_acc_range"]
     assert rng["paper_low"] == 0.85 and rng["paper_high"] == 0.9 and pd.isna(rng["paper_value"])
-    assert rng["verdict"] == "not reproduced"
-    assert rng["difference"] == pytest.approx(sum(RW_VAL_ACC["restwake_improved"]) / 3 - 0.85)
-    pc = cl.loc["p_improved"]
-    assert pc["verdict"] == "reproduced"  # both p above 0.05
-    assert pd.isna(pc["tolerance"])
-    assert pc["reproduced"] == pytest.approx(
-        stats.paired_test(dict(enumerate(RW_VAL_ACC["restwake_improved"])),
-                          dict(enumerate(RW_VAL_ACC["sgd"])))["p"]  # fmt: skip
-    )
-    assert cl.loc["missing_method", "verdict"] == "not testable (no matching cells with status ok)"
+    assert rng["verdict"] == "contradicted" and "wholly below" in rng["reason"]
+    eq = cl.loc["improved_equivalent"]
+    assert eq["versus"] == "sgd" and eq["kind"] == "equivalence"
+    diffs = [a - b for a, b in zip(RW_VAL_ACC["restwake_improved"], RW_VAL_ACC["sgd"])]
+    assert eq["estimate"] == pytest.approx(sum(diffs) / 3)
+    assert eq["verdict"].startswith("inconclusive (about ") and eq["seeds_needed"] > 3
+    assert cl.loc["missing_method", "verdict"] == "not testable (no cells of method nonexistent)"
 
     pc = t["paper_checks"]
     assert pc["claim_id"].tolist() == [
-        "sgd_val_acc", "sgd_peak", "sgd_peak", "p_improved", "p_improved",
+        "sgd_val_acc", "sgd_peak", "sgd_peak", "improved_equivalent", "improved_equivalent",
+        "improved_equivalent",
     ]  # fmt: skip
     assert pc["check"].tolist() == [
         "mean", "mean", "std (ddof=1)", "p (paired t-test)", "p (Welch t-test)",
+        "equivalence on the paper's own runs",
     ]  # fmt: skip
-    assert pc["consistent"].tolist() == [True, True, False, False, False]
+    assert pc["consistent"].tolist()[:5] == [True, True, False, False, False]
+    assert pd.isna(pc["consistent"].iloc[5])  # inconclusive on the paper's own 3 runs
     std = pc.iloc[2]
     assert std["stated"] == 52.34 and round(std["recomputed"], 2) == 54.41
     assert 0.61 < pc.iloc[3]["recomputed"] < 0.71
@@ -407,35 +428,55 @@ def test_no_claims_file_gives_header_only_tables(tmp_path):
 
 def test_unknown_claim_key_is_a_config_error(tmp_path):
     bad = {"study": "restwake", "claims": [
-        {"id": "x", "source": "T1", "method": "sgd", "metric": "val_acc", "value": 0.8,
-         "tolerence": {"abs": 0.1}}]}  # fmt: skip
+        {"id": "x", "source": "T1", "kind": "value", "scope": "thesis", "method": "sgd",
+         "metric": "val_acc", "value": 0.8, "margin": 0.01, "margin_reason": "r",
+         "tolerance": {"abs": 0.1}}]}  # fmt: skip
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError) as e:
         agg.load_claims(path)
     msg = str(e.value)
-    assert str(path) in msg and "tolerence" in msg
-    assert "accepted keys" in msg and "'tolerance'" in msg
+    assert str(path) in msg and "claim 'x'" in msg and "'tolerance'" in msg
+    assert "replaced by a required `margin`" in msg and "no default tolerance" in msg
+
+
+VALID = {"id": "x", "source": "T1", "kind": "value", "scope": "thesis", "method": "sgd",
+         "metric": "val_acc", "value": 0.8, "margin": 0.01, "margin_reason": "r"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "claim,fragment",
+    "change,fragment",
     [
-        ({"value": 0.8, "range": [0, 1]}, "exactly one of 'value' and 'range'"),
-        ({}, "exactly one of 'value' and 'range'"),
-        ({"range": [1, 0]}, "above high"),
-        ({"value": 0.8, "tolerance": {"pct": 1}}, "'abs' or 'rel'"),
-        ({"value": 0.8, "where": {"seed": 1}}, "unknown 'where' keys"),
-        ({"value": 0.1, "statistic": "paired_p", "runs": [1, 2]}, "reference_runs"),
-        ({"value": 0.1, "statistic": "wilcoxon"}, "statistic 'wilcoxon' unknown"),
+        ({"margin": None, "margin_reason": None}, "missing required keys ['margin']"),
+        ({"margin_reason": None}, "needs 'margin_reason'"),
+        ({"margin": 0}, "needs a margin > 0"),
+        ({"margin": "from_runs", "margin_reason": None}, "from_runs needs the paper's per-run"),
+        ({"margin": "from_std", "margin_reason": None, "std": 0.1}, "from_std needs ['n_runs']"),
+        ({"margin": "about 1%"}, "must be a number, from_runs or from_std"),
+        ({"kind": "ratio"}, "kind 'ratio' unknown"),
+        ({"scope": "both"}, "scope 'both' unknown"),
+        ({"scope": "paper"}, "pin it with where.model, where.dataset, where.budget"),
+        ({"value": None}, "needs 'value'"),
+        ({"kind": "range", "value": None}, "needs 'range: [low, high]'"),
+        ({"kind": "range", "value": None, "range": [1, 0]}, "above high"),
+        ({"kind": "difference"}, "needs 'versus'"),
+        ({"kind": "difference", "versus": "sgd"}, "versus is the method itself"),
+        ({"kind": "superiority", "margin": 0}, "exactly one of 'versus'"),
+        ({"kind": "superiority", "versus": "a", "over": 1, "margin": 0}, "exactly one of"),
+        ({"versus": "sgd2"}, "'versus' is for claims that compare"),
+        ({"where": {"seed": 1}}, "unknown 'where' keys"),
+        ({"where": {"budget": None}}, "where.budget"),
         ({"value": "abc"}, "'value'"),
-        ({"value": 0.8, "where": {"budget": None}}, "where.budget"),
+        ({"stated_p": 0.1}, "'stated_p' needs 'runs' and 'versus_runs'"),
+        ({"given": ["x"]}, "given 'x' is not another claim"),
+        ({"scale_by": "param_mib", "margin": "from_runs", "runs": [1, 2],
+          "margin_reason": None}, "with 'scale_by' the margin is a number"),
     ],
 )
-def test_bad_claims_are_config_errors(tmp_path, claim, fragment):
-    doc = {"claims": [{"id": "x", "source": "T1", "method": "sgd", "metric": "val_acc", **claim}]}
+def test_bad_claims_are_config_errors(tmp_path, change, fragment):
+    claim = {k: v for k, v in {**VALID, **change}.items() if v is not None}
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(yaml.safe_dump({"claims": [claim]}))
     with pytest.raises(ConfigError, match="claim 'x'") as e:
         agg.load_claims(path)
     assert fragment in str(e.value)
@@ -443,7 +484,7 @@ def test_bad_claims_are_config_errors(tmp_path, claim, fragment):
 
 def test_claims_missing_required_key_and_bad_top_level(tmp_path):
     path = tmp_path / "c.yaml"
-    no_source = {"id": "x", "method": "sgd", "metric": "a", "value": 1}
+    no_source = {k: v for k, v in VALID.items() if k != "source"}
     path.write_text(yaml.safe_dump({"claims": [no_source]}))
     with pytest.raises(ConfigError, match="source"):
         agg.load_claims(path)
@@ -459,8 +500,9 @@ def test_quoted_numbers_keep_their_decimals(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(
         "claims:\n"
-        "  - {id: a, source: T1, method: m, metric: val_acc, value: '0.8300', std: 1e-3,"
-        " runs: ['0.8300', '0.8300']}\n"
+        "  - {id: a, source: T1, kind: value, scope: thesis, method: m, metric: val_acc,"
+        " value: '0.8300', std: 1e-3, runs: ['0.8300', '0.8300'], margin: 0.01,"
+        " margin_reason: r}\n"
     )
     doc = agg.load_claims(path)
     rows = stats.paper_checks(doc["claims"][0])
@@ -568,7 +610,7 @@ def test_group_without_reference_is_not_testable(tmp_path):
     _, t, _ = run_study(tmp_path, results, claims=None, metrics=["val_acc"])
     p = t["paired_tests"]
     assert len(p) == 1 and p.iloc[0]["dataset"] == "cifar100"
-    assert p.iloc[0]["status"] == "not testable (no reference cells of sgd)"
+    assert p.iloc[0]["status"] == "not testable (no cells of sgd)"
     assert p.iloc[0]["n_pairs"] == 0 and p.iloc[0]["mean_method"] == pytest.approx(0.6)
 
 
@@ -590,3 +632,33 @@ def test_speedup_vs_reference_pairs_cells_by_group_and_seed():
     out = add_speedup_vs_reference(cells, "backprop")["speedup_vs_reference"].tolist()
     assert out[0] == 1.0 and out[1] == 3.0
     assert math.isnan(out[2]) and math.isnan(out[3])
+
+
+def test_study_config_comparisons_and_endpoints_reach_the_tables(tmp_path):
+    root = tmp_path / "results"
+    paths = [write_result(root, r) for r in restwake_results()]
+    claims_path = tmp_path / "claims.yaml"
+    claims_path.write_text(yaml.safe_dump(RW_CLAIMS, sort_keys=False))
+    study_cfg = {"methods": list(RW_VAL_ACC), "primary_endpoints": ["val_loss"],
+                 "comparisons": [["restwake_original", "restwake_improved"]]}  # fmt: skip
+    written = agg.aggregate_study(paths, "sgd", ["val_acc", "val_loss"], claims_path,
+                                  root / "tables", study_cfg=study_cfg)
+    p = pd.read_csv(written["paired_tests"])
+    declared = p[(p["method"] == "restwake_original") & (p["versus"] == "restwake_improved")]
+    assert declared["metric"].tolist() == ["val_acc", "val_loss"]
+    assert declared["status"].iloc[0] == "tested"
+    assert set(p[p["metric"] == "val_acc"]["endpoint"]) == {"secondary"}
+    assert p[p["metric"] == "val_acc"]["p_holm"].isna().all()
+    c = pd.read_csv(written["claims"])
+    assert c.loc[c["claim_id"] == "missing_method", "verdict"].item() == (
+        "not testable (method nonexistent not in this run)"
+    )
+
+
+def test_the_workflow_declares_every_table_aggregate_writes():
+    """Snakemake removes a failed job's declared outputs only: a table aggregate writes that the
+    rules do not declare would outlive a failed aggregate (and the report it no longer matches)."""
+    text = (ROOT / "rules" / "common.smk").read_text()
+    block = re.search(r"^TABLES = \[(.*?)\]", text, re.S | re.M)
+    assert block, "rules/common.smk defines TABLES"
+    assert re.findall(r'"(\w+)"', block.group(1)) == list(agg.TABLES)

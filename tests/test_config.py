@@ -137,3 +137,90 @@ def test_cli_validate_reports_errors_without_traceback(tmp_path):
     ok = run_cli("validate", "--configfile", str(ROOT / "config" / "smoke.yaml"))
     assert ok.returncode == 0, ok.stderr
     assert "configuration is valid: 54 cells" in ok.stdout
+
+
+# ----------------------------------------------------------------------------- before any job
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"metrics": ["val_acc", "val_ac"]}, "unknown metric 'val_ac'. Did you mean 'val_acc'?"),
+    ({"budgets": [512, "512"]}, "more than once"),
+    ({"budgets": [512, 512.0]}, "non-unique"),
+    ({"train": {"lr": float("nan")}}, "studies.t.train.lr: must be a finite number"),
+    ({"model": {"width": float("inf")}}, "studies.t.model.width: must be a finite number"),
+    ({"model_options": {"resnet18_cifar": {"widht": 0.5}}}, "does not accept option(s) 'widht'"),
+    ({"model_options": {"resnet18_cifar": {"width": -1}}}, "'width' must be a positive number"),
+    ({"data_options": {"synthetic": {"n_trian": 8}}}, "unknown data option(s) 'n_trian'"),
+    ({"data_options": {"synthetic": {"n_train": 0}}}, "n_train must be a positive integer"),
+    ({"data": {"image_size": 16, "classes": [0, 9]}}, "classes must be distinct class indices"),
+    ({"data": {"image_size": 16, "train_subset": 1}}, "train_subset must be an integer >= 2"),
+    ({"models": ["vgg16"]}, ("model 'vgg16' on dataset 'synthetic' (3x16x16 images): the model "
+                             "cannot run on 16x16 images")),
+])
+def test_bad_input_is_one_line_before_any_job(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg_with(**overrides))
+    text = str(err.value)
+    assert needle in text, text
+    assert len(text.splitlines()) == 1, text
+
+
+def test_the_smallest_image_of_a_model_is_accepted():
+    check_config(cfg_with(models=["vgg16"], data={"image_size": 32}))
+
+
+@pytest.mark.parametrize("name", ["x$(touch f)", "a/b", "..", ".hidden", "a b", "ü"])
+def test_study_names_are_folder_names(name):
+    with pytest.raises(ConfigError, match="does not match"):
+        check_config({"studies": {name: copy.deepcopy(TINY_STUDY)}})
+
+
+def test_method_metrics_are_known_and_patterns_match():
+    check_config(cfg_with(methods=["dense", "topk_s1"], reference="dense",
+                          metrics=["val_acc", "acc_at_r0.1", "mean_keep_ratio"]))
+    with pytest.raises(ConfigError, match="acc_at_r0.1"):
+        check_config(cfg_with(metrics=["acc_at_r0.1"]))  # sgd has no such metric
+
+
+def test_validate_refuses_a_device_that_is_not_here(tmp_path):
+    import torch
+    import yaml
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = tmp_path / "cuda.yaml"
+    cfg.write_text(yaml.safe_dump({**cfg_with(), "device": "cuda"}))
+    proc = run_cli("validate", "--configfile", str(cfg))
+    assert proc.returncode == 2 and "CUDA is not available" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    ok = run_cli("validate", "--no-device-check", "--configfile", str(cfg))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_cell_config_file_reruns_changed_cells_only(tmp_path):
+    """write_cell_config: a new digest is a new file newer than the result; a file for a
+    result that holds the same config is dated before it; the training job keeps only its own."""
+    import json
+    import os
+    import time
+
+    from bench.config import cell_dir, drop_other_cell_configs, write_cell_config
+
+    cfg = check_config({**cfg_with(), "results": str(tmp_path)})
+    cell = plan(cfg)[0]
+    resolved = resolve_cell(cfg, cell)
+    result = cell_dir(tmp_path, cell) / "result.json"
+    result.parent.mkdir(parents=True)
+    result.write_text(json.dumps({"config": resolved}))
+    past = time.time() - 100
+    os.utime(result, (past, past))
+    same = write_cell_config(tmp_path, cell, resolved)
+    assert json.loads(same.read_text()) == resolved
+    assert same.stat().st_mtime < result.stat().st_mtime
+    changed = copy.deepcopy(resolved)
+    changed["train"]["lr"] = 0.5
+    new = write_cell_config(tmp_path, cell, changed)
+    assert new != same and same.exists(), "planning (a dry run too) never deletes"
+    assert new.stat().st_mtime > result.stat().st_mtime
+    drop_other_cell_configs(new)  # what the job that trains the cell does
+    assert new.exists() and not same.exists()

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from bench import stats
-from bench.errors import BenchError, ConfigError
+from bench.errors import BenchError
 
 # Rest-Wake paper (METHODS.md, study restwake): per-run values as printed
 VAL_ACC = {
@@ -204,72 +204,66 @@ def test_decimals():
     assert stats.half_unit(1.11) == pytest.approx(0.005)
 
 
-def test_claim_default_tolerance_two_stated_std():
-    claim = {"id": "c", "value": 92.72, "std": 0.03}
-    v = stats.claim_verdict(claim, [92.70, 92.76, 92.69])
-    assert v["n"] == 3
-    assert v["reproduced"] == pytest.approx(92.71666666666667)
-    assert v["difference"] == pytest.approx(92.71666666666667 - 92.72)
-    assert v["tolerance"] == pytest.approx(0.06)
-    assert "2 x stated std" in v["tolerance_rule"] and "0.06" in v["tolerance_rule"]
-    assert v["verdict"] == "reproduced"
-    assert stats.claim_verdict(claim, [92.6, 92.65, 92.62])["verdict"] == "not reproduced"
+# ------------------------------------------------------------------- the verdict rule's tests
 
 
-def test_claim_default_tolerance_rel_without_std():
-    claim = {"id": "c", "value": 0.869}
-    v = stats.claim_verdict(claim, [0.83, 0.84])  # 0.835 vs 0.869: |d| = 0.034 < 0.04345
-    assert v["tolerance"] == pytest.approx(0.05 * 0.869)
-    assert "rel 0.05 (default" in v["tolerance_rule"]
-    assert v["verdict"] == "reproduced"
-    assert stats.claim_verdict(claim, [0.80, 0.82])["verdict"] == "not reproduced"
+def test_t_interval_by_hand_and_per_column():
+    mean, sd, lo, hi = stats.t_interval([1.0, 2.0, 3.0], 0.95)
+    assert mean - lo == pytest.approx(hi - mean)
+    assert (mean, sd) == (2.0, 1.0)
+    assert hi - mean == pytest.approx(T975[2] / math.sqrt(3))
+    cols = stats.t_interval([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]], 0.95)
+    assert cols[0].tolist() == [2.0, 20.0] and cols[1].tolist() == [1.0, 10.0]
 
 
-def test_claim_explicit_tolerances():
-    assert (
-        stats.claim_verdict({"value": 0.9, "std": 0.5, "tolerance": {"abs": 0.01}}, [0.92])[
-            "verdict"
-        ]
-        == "not reproduced"
-    )
-    v = stats.claim_verdict({"value": 10.0, "tolerance": {"rel": 0.2}}, [12.0, float("nan")])
-    assert v["n"] == 1 and v["tolerance"] == pytest.approx(2.0) and v["verdict"] == "reproduced"
-    with pytest.raises(ConfigError):
-        stats.claim_verdict({"value": 1.0, "tolerance": {"pct": 3}}, [1.0])
+def test_tost_is_the_90_percent_interval_inside_the_band():
+    x = [0.8, 1.0, 1.1, 0.9, 1.2]
+    _, _, lo90, hi90 = stats.t_interval(x, 0.90)
+    assert stats.tost_p(x, lo90 - 1e-9, hi90 + 1e-9) < 0.05  # band just wider: reproduced
+    assert stats.tost_p(x, lo90 + 1e-6, hi90 + 1) > 0.05  # lower edge inside the interval
+    # paired: the same as one sample of the differences
+    versus = [0.1, 0.3, -0.2, 0.0, 0.4]
+    diffs = [a - b for a, b in zip(x, versus)]
+    assert stats.tost_p(x, -2, 2, versus) == pytest.approx(stats.tost_p(diffs, -2, 2))
 
 
-def test_claim_range():
-    claim = {"id": "r", "range": [2.3, 6.1]}
-    inside = stats.claim_verdict(claim, [3.0, 4.0])
-    assert inside["verdict"] == "reproduced" and inside["difference"] == 0.0
-    below = stats.claim_verdict(claim, [2.0, 2.2])
-    assert below["verdict"] == "not reproduced"
-    assert below["difference"] == pytest.approx(2.1 - 2.3)
-    widened = stats.claim_verdict({**claim, "tolerance": {"rel": 0.1}}, [2.0, 2.2])
-    assert widened["verdict"] == "reproduced"  # low widened to 2.07
-    assert "widened" in widened["tolerance_rule"]
-    assert widened["tolerance"] == pytest.approx(0.61)  # max(0.1 * 2.3, 0.1 * 6.1)
-    assert inside["tolerance"] == 0.0 and "as stated" in inside["tolerance_rule"]
+def test_greater_p_one_sided():
+    x, versus = [2.0, 3.0, 4.0], [1.0, 1.5, 2.5]  # differences 1, 1.5, 1.5
+    d = [1.0, 1.5, 1.5]
+    m = sum(d) / 3
+    sd = math.sqrt(sum((v - m) ** 2 for v in d) / 2)
+    t = (m - 0.5) / (sd / math.sqrt(3))
+    p_two = p_two_sided(t, 2)
+    assert stats.greater_p(x, 0.5, versus) == pytest.approx(p_two / 2, rel=1e-9)
+    assert stats.greater_p(d, 0.5) == pytest.approx(p_two / 2, rel=1e-9)
 
 
-def test_claim_without_reproduced_values_not_testable():
-    for claim in ({"value": 1.0}, {"range": [0, 1]}):
-        v = stats.claim_verdict(claim, [float("nan")])
-        assert v["verdict"] == "not testable (no matching cells with status ok)"
-        assert v["n"] == 0
+def test_seeds_needed_matches_statsmodels_solve_power():
+    from statsmodels.stats.power import TTestPower
+
+    n = stats.seeds_one_sided(0.5, 1.0, 0.05)
+    solved = TTestPower().solve_power(effect_size=0.5, power=0.8, alpha=0.05,
+                                      alternative="larger")
+    assert n == math.ceil(solved)
+    assert stats.seeds_one_sided(0.0, 1.0, 0.05) is None  # no distance: never decided
+    assert stats.seeds_one_sided(1e-6, 1.0, 0.05) is None  # beyond SEEDS_MAX
+    # TOST with the truth in the middle of a band +-1 sd: a handful of seeds
+    n_tost = stats.seeds_tost(0.0, 1.0, -1.0, 1.0)
+    assert 10 <= n_tost <= 25
+    assert stats.seeds_tost(2.0, 1.0, -1.0, 1.0) is None  # outside the band: not TOST's job
 
 
-def test_pvalue_claim_verdict():
-    claim = {"id": "p", "statistic": "paired_p", "value": 0.0919}
-    tested = {"status": "tested", "p": 0.65, "n_pairs": 3}
-    v = stats.pvalue_claim_verdict(claim, tested)
-    assert v["verdict"] == "reproduced"  # both above alpha 0.05
-    assert v["difference"] == pytest.approx(0.65 - 0.0919)
-    v = stats.pvalue_claim_verdict({**claim, "value": 0.01}, tested)
-    assert v["verdict"] == "not reproduced"
-    untested = {"status": "not testable (n=2 pairs < 3)", "p": float("nan"), "n_pairs": 2}
-    v = stats.pvalue_claim_verdict(claim, untested)
-    assert v["verdict"] == "not testable (n=2 pairs < 3)"
+def test_welch_and_mean_halfwidths_by_hand():
+    from scipy.stats import t as tdist
+
+    assert stats.mean_halfwidth(1.0, 3) == pytest.approx(T975[2] / math.sqrt(3))
+    half, df = stats.welch_halfwidth(0.19, 3, 0.15, 3)
+    v1, v2 = 0.19**2 / 3, 0.15**2 / 3
+    df_hand = (v1 + v2) ** 2 / (v1**2 / 2 + v2**2 / 2)
+    assert df == pytest.approx(df_hand)
+    assert half == pytest.approx(tdist.ppf(0.975, df_hand) * math.sqrt(v1 + v2))
+    with pytest.raises(ValueError):
+        stats.mean_halfwidth(1.0, 1)
 
 
 # ------------------------------------------------------------------------------- paper checks
@@ -335,10 +329,10 @@ def test_restwake_val_acc_means_consistent():
 def test_restwake_paired_p_claim_inconsistent():
     claim = {
         "id": "p",
-        "statistic": "paired_p",
-        "value": 0.0919,
+        "kind": "equivalence",
+        "stated_p": 0.0919,
         "runs": VAL_ACC["improved"],
-        "reference_runs": VAL_ACC["sgd"],
+        "versus_runs": VAL_ACC["sgd"],
     }
     rows = {r["check"]: r for r in stats.paper_checks(claim)}
     paired, welch = rows["p (paired t-test)"], rows["p (Welch t-test)"]
@@ -362,8 +356,8 @@ def test_restwake_paired_p_claim_inconsistent():
 def test_paired_p_claim_consistent_when_it_is():
     method = [5.0, 7.0, 9.0, 6.0]
     ref = [4.0, 5.0, 8.0, 6.0]
-    claim = {"id": "p", "statistic": "paired_p", "value": 0.0917, "runs": method,
-             "reference_runs": ref}  # fmt: skip
+    claim = {"id": "p", "kind": "superiority", "stated_p": 0.0917, "runs": method,
+             "versus_runs": ref}  # fmt: skip
     rows = {r["check"]: r for r in stats.paper_checks(claim)}
     assert rows["p (paired t-test)"]["consistent"] is True
     assert rows["p (Welch t-test)"]["consistent"] is False

@@ -164,7 +164,8 @@ def _cell_id(cfg: dict) -> str:
 
 
 def _check_store(uri: str, cfg: dict, result: dict) -> None:
-    """One FINISHED run for the cell, every epoch's metrics exactly once, no duplicate runs."""
+    """One FINISHED run for the cell, every epoch's metrics exactly once, no duplicate runs,
+    and every value the result's (after an outage too)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -183,6 +184,11 @@ def _check_store(uri: str, cfg: dict, result: dict) -> None:
         assert steps == list(range(cfg["epochs"])), (key, steps)
     assert {"result.json", "config.json"} <= {a.path for a in client.list_artifacts(
         run.info.run_id)}
+    from bench.verify import Verdict, compare_run
+
+    v = Verdict()
+    compare_run(client, run, result, v)  # every metric at every step is the result's
+    assert v.ok, v.problems
 
 
 def _epoch_lines(output: str) -> list[str]:

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "checksums": None,  # {filename: md5} overriding torchvision's official md5s
 }
 NATIVE_SIZE = 32  # pixels
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 def md5sum(path: Path, chunk_bytes: int = 1 << 20) -> str:

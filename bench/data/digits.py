@@ -25,6 +25,8 @@ from bench.data import (
 
 DEFAULTS: dict[str, Any] = {"image_size": 32}  # pixels; null keeps the native 8
 NATIVE_SIZE = 8  # pixels
+CHANNELS = 1  # grey
+NUM_CLASSES = 10
 MAX_VALUE = 16.0  # sklearn's digits pixels lie in 0..16
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0

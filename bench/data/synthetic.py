@@ -50,18 +50,28 @@ def _draw(
     return images, labels
 
 
-@DATASETS.register("synthetic")
-def load(options: dict[str, Any], data_root: Path) -> DatasetSplits:
-    """Generate the synthetic dataset; `data_root` is unused."""
-    opts = resolve_options("synthetic", options, DEFAULTS)
-    n_train = _positive_int("n_train", opts["n_train"])
-    n_val = _positive_int("n_val", opts["n_val"])
-    num_classes = _positive_int("num_classes", opts["num_classes"])
-    channels = _positive_int("channels", opts["channels"])
-    size = check_image_size("synthetic", opts["image_size"]) or DEFAULTS["image_size"]
+def check_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The resolved options, checked (a ConfigError names the bad one); also what
+    `bench.config` calls to vet a config before any job."""
+    for key in ("n_train", "n_val", "num_classes", "channels"):
+        _positive_int(key, opts[key])
+    if opts["n_train"] < 2:
+        raise ConfigError(f"synthetic: n_train must be at least 2 (a training batch needs two "
+                          f"images), got {opts['n_train']}")
     seed = opts["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"synthetic: seed must be an integer, got {seed!r}")
+    return {**opts, "image_size": check_image_size("synthetic", opts["image_size"])
+            or DEFAULTS["image_size"]}
+
+
+@DATASETS.register("synthetic")
+def load(options: dict[str, Any], data_root: Path) -> DatasetSplits:
+    """Generate the synthetic dataset; `data_root` is unused."""
+    opts = check_options(resolve_options("synthetic", options, DEFAULTS))
+    n_train, n_val = opts["n_train"], opts["n_val"]
+    num_classes, channels = opts["num_classes"], opts["channels"]
+    size, seed = opts["image_size"], opts["seed"]
 
     generator = torch.Generator().manual_seed(seed)
     prototypes = torch.rand((num_classes, channels, size, size), generator=generator) * 255.0

@@ -37,6 +37,9 @@ class Method:
     # The method sizes its batch to a memory budget given in bytes (e.g. "512MiB") and stops
     # with a BudgetError naming what does not fit when nothing does (the fault suite uses it).
     sizes_to_budget: ClassVar[bool] = False
+    # Final metrics the method adds to result.json (`final_metrics`), as names or fnmatch
+    # patterns ("acc_at_r*"): a study may name them in `metrics`, a typo stops before any job.
+    metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = self.resolve_options(options)

@@ -4,9 +4,16 @@ End-to-end training with the plain loop at the largest batch that fits the cell'
 the NeuroFlux profiler (`bench.neuroflux.profile_model`) applied to the whole model as one block
 gives memory = a*b + c; the batch is the largest power of two in [min_batch, max_batch] with
 a*b + c <= budget * (1 - slack) (a BudgetError when not even min_batch fits). Budget "none" uses
-the study's batch size. `setup` rebuilds `run.train_loader` with that batch (same generator,
+the study's batch size. It trains on the same images as NeuroFlux: the train split less the
+`holdout_fraction` NeuroFlux holds out to choose its exit (the same permutation per seed), so
+neither method sees more training data than the other. `setup` rebuilds `run.train_loader` with that batch (same generator,
 same augmentation) and the lr is scaled linearly, lr * batch / study batch size, on top of the
 study's schedule (applied in `before_optimizer_step`, after `run.set_lr` set the schedule's lr).
+
+On an accelerator the harness records the allocator's peak per epoch (`peak_alloc_mib`, with
+the per-epoch validation at the study's `eval_batch_size`); `device_data_mib` is the part of it
+that is the dataset held on the device, which the budget does not bound (the mechanism check
+`peak_within_budget` compares the difference with the budget).
 
 Final metrics: `batch_size` (the chosen one; `memory.batch_size` stays the study's), `lr_scale`,
 the profile (`profile_a_bytes_per_sample`, `profile_c_bytes`, `profile_r2`, a warning when
@@ -24,7 +31,7 @@ from bench.data import DeviceLoader
 from bench.errors import BudgetError
 from bench.methods import METHODS
 from bench.methods.base import Method
-from bench.studies.neuroflux import early_exit, partition, profiler, split
+from bench.studies.neuroflux import early_exit, partition, profiler, split, worker
 
 if TYPE_CHECKING:
     from bench.train import Run
@@ -33,11 +40,14 @@ if TYPE_CHECKING:
 @METHODS.register("backprop")
 class Backprop(Method):
     name = "backprop"
+    metrics = ("batch_size", "lr_scale", "budget_mib", "profiling_s", "train_wall_s",
+               "profile_*", "modelled_batch_memory_mib", "train_images", "device_data_mib")
     description = "end-to-end backprop at the largest batch that fits the memory budget"
     defaults: dict[str, Any] = {
         "slack": 0.05,
-        "max_batch": 512,
+        "max_batch": partition.MAX_BATCH,
         "min_batch": 8,
+        "holdout_fraction": 0.1,  # the images NeuroFlux holds out (not trained on by either)
         "profile_batches": list(split.DEFAULT_PROFILE_BATCHES),
         "profile_steps": 2,
         "profile_mode": "auto",
@@ -89,6 +99,8 @@ class Backprop(Method):
         return batch
 
     def setup(self, run: Run) -> None:
+        run.data, _ = split.hold_out(run.data, float(self.options["holdout_fraction"]),
+                                     int(run.cfg["seed"]))
         self.batch = self.choose_batch(run)
         study_batch = int(run.cfg["train"]["batch_size"])
         self.scale = early_exit.lr_scale(self.batch, study_batch)
@@ -111,6 +123,8 @@ class Backprop(Method):
             "lr_scale": self.scale,
             "budget_mib": (self.budget_bytes / measure.MIB
                            if self.budget_bytes is not None else None),
+            "train_images": run.data.n_train,
+            "device_data_mib": worker.device_data_mib(run.data),
             "profiling_s": self.profiling_s,
             "train_wall_s": self.profiling_s + epochs_s,
         }

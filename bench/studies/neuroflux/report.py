@@ -1,6 +1,7 @@
-"""Report section of study `neuroflux`: blocks and batch sizes per model and budget, the early
-exit (accuracy per head), and the speed-up / parameter / throughput figures per group (their
-claimed ranges are in the claims table)."""
+"""Report section of study `neuroflux`: the partition (units and batch per block) against
+backprop's batch per model, dataset and budget, the early exit (accuracy per head, chosen on
+held-out training images), and the speed-up (with its CI over seeds) / parameter / throughput
+figures per group (their claimed ranges are in the claims table)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
+from bench import stats
 from bench.report import (
     Cell,
     Column,
@@ -40,6 +42,10 @@ def _first(g: pd.DataFrame, col: str) -> str | None:
     return v.iloc[0] if len(v) else None
 
 
+def _seeds_differ(g: pd.DataFrame, col: str) -> bool:
+    return col in g and g[col].dropna().astype(str).nunique() > 1
+
+
 @register_study_tables(STUDY)
 def blocks_and_gains(t: StudyTables) -> list[Table]:
     c = t.cells
@@ -48,32 +54,47 @@ def blocks_and_gains(t: StudyTables) -> list[Table]:
     ok = c[c["status"] == "ok"]
     rows = []
     for key, g in ok.groupby(GROUP, sort=True):
-        nf, bp = g[g["method"] == "neuroflux"], g[g["method"] != "neuroflux"]
+        nf, bp = g[g["method"] == "neuroflux"], g[g["method"] == "backprop"]
         if nf.empty:
             continue
+        units, batches = _first(nf, "block_units"), _first(nf, "block_batch_sizes")
+        vary = " (seeds differ)" if (_seeds_differ(nf, "block_units")
+                                     or _seeds_differ(nf, "block_batch_sizes")) else ""
+        n_blocks = len(units.split(",")) if units else None
+        speed = (stats.summarize(pd.to_numeric(nf["speedup_vs_reference"], errors="coerce"))
+                 if "speedup_vs_reference" in nf else None)
         rows.append([
-            Cell(group_label(*key)), Cell(_first(nf, "block_units")),
-            Cell(_first(nf, "block_batch_sizes")), Cell(_first(nf, "block_memory_mib")),
-            Cell(_num(bp, "batch_size"), "num"), Cell(_num(nf, "exit_unit"), "num"),
+            Cell(group_label(*key)), Cell(n_blocks, "int"),
+            Cell((units or "").replace(",", " | ") + vary),
+            Cell((batches or "").replace(",", " | ")), Cell(_num(nf, "first_block_bstar"), "int"),
+            Cell(_num(bp, "batch_size"), "int"), Cell(_num(nf, "exit_unit"), "num"),
             Cell(_num(nf, "exit_val_acc"), "num"), Cell(_num(bp, "val_acc"), "num"),
-            Cell(_num(nf, "speedup_vs_reference"), "num"), Cell(_num(nf, "param_reduction"), "num"),
+            Cell(speed["mean"] if speed else None, "num"),
+            Cell((speed["ci_low"], speed["ci_high"]) if speed else (None, None), "ci"),
+            Cell(_num(nf, "param_reduction"), "num"),
             Cell(_num(nf, "inference_throughput_gain"), "num"),
         ])
     if not rows:
         return []
     return [Table(
         id="neuroflux-blocks",
-        caption=("NeuroFlux per model, dataset and budget (means over seeds; cells with status ok): "
-                 "the blocks (unit ranges), their batch sizes and modelled memory (MiB; first "
-                 "seed), backprop's batch under the same budget, the early exit (unit, 1-based as "
-                 "in the blocks) and its validation accuracy beside backprop's, the training "
-                 "speed-up (backprop wall time / NeuroFlux wall time, profiling and cache I/O "
-                 "included, paired by seed), the parameter reduction and the inference "
-                 "throughput gain of the exit model. The claimed ranges are in the claims table."),
-        columns=[Column("group"), Column("blocks (units)"), Column("batch sizes"),
-                 Column("block MiB"), Column("backprop batch", "r"), Column("exit unit", "r"),
+        caption=("NeuroFlux per model, dataset and budget (cells with status ok): the partition "
+                 "(number of blocks, the units of each block, 1-based, and each block's batch; "
+                 "the first seed's, marked when seeds differ) beside b* of the first unit (the "
+                 "largest batch it fits alone: the first-unit rule keeps every block within half "
+                 "its first unit's b*) and backprop's batch under the same budget (mean over "
+                 "seeds); the early exit (unit, mean over seeds; chosen on held-out training "
+                 "images) and its test-split accuracy beside backprop's; the training speed-up "
+                 "(backprop wall time / NeuroFlux wall time, profiling and cache I/O included, "
+                 "paired by seed) with its 95% t-interval over seeds; the parameter reduction "
+                 "and the inference throughput gain of the exit model. The claimed ranges are in "
+                 "the claims table; the mechanism checks in the mechanism-checks table."),
+        columns=[Column("group"), Column("blocks", "r"), Column("units per block"),
+                 Column("batch per block"), Column("b* unit 1", "r"),
+                 Column("backprop batch", "r"), Column("exit unit", "r"),
                  Column("exit acc", "r"), Column("backprop acc", "r"), Column("speed-up", "r"),
-                 Column("param reduction", "r"), Column("throughput gain", "r")],
+                 Column("speed-up 95% CI", "r"), Column("param reduction", "r"),
+                 Column("throughput gain", "r")],
         groups=[Group("", rows)],
     )]
 
@@ -93,17 +114,22 @@ def head_accuracy(t: StudyTables) -> list[Figure]:
     for ax, (key, g) in zip(axes, groups):
         units = [int(h[len("head_acc_u"):]) for h in heads]
         acc = [100 * (_num(g, h) or float("nan")) for h in heads]
-        ax.plot(units, acc, marker="o", color=t.colors.get("neuroflux", "C1"), label="head of unit")
+        held = [100 * (_num(g, f"head_holdout_acc_u{u}") or float("nan")) for u in units]
+        color = t.colors.get("neuroflux", "C1")
+        ax.plot(units, held, marker="s", ls=":", color=color,
+                label="held-out train images (choose the exit)")
+        ax.plot(units, acc, marker="o", color=color, label="validation split (reports)")
         exit_unit = _num(g, "exit_unit")
         if exit_unit is not None:
             ax.axvline(exit_unit, color="black", ls="--", lw=1, label="exit (mean over seeds)")
         ax.set_title(group_label(*key))
         ax.set_xlabel("unit (its auxiliary head; the last is the model's own head)")
-        ax.set_ylabel("validation accuracy (%)")
+        ax.set_ylabel("accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
-    fig.suptitle(f"{t.study.name}: validation accuracy of each exit")
-    caption = ("Validation accuracy (%) of each unit's head after block-wise training (mean over "
-               "seeds); the dashed line marks the chosen exit: the shallowest head within 0.5 "
-               "points of the best.")
+    fig.suptitle(f"{t.study.name}: accuracy of each exit")
+    caption = ("Accuracy (%) of each unit's head after block-wise training (mean over seeds), on "
+               "the held-out 10% of the training split (dotted: the exit is the shallowest head "
+               "within 0.5 points of the best there) and on the validation split, which only "
+               "reports; the dashed line marks the chosen exit.")
     return [Figure("exits", title, caption, fig)]

@@ -2,6 +2,7 @@
 
 See the study README and ../shared/METHODS.md (study `neuroflux`)."""
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from bench.data import DatasetSplits
 from bench.errors import ConfigError
 
 SUPPORTED_MODELS = ("vgg16", "vgg19", "resnet18_cifar")
@@ -117,3 +119,33 @@ def build_heads(model: nn.Module, units: Sequence[nn.Module], in_shape: Sequence
                               for c, h, w in shapes[:-1]]
     heads.append(final_head(model))
     return heads
+
+
+# ----------------------------------------------------------------------------- held-out split
+
+HOLDOUT_SEED_SALT = 0x401D  # the held-out split's permutation: seeded by cell seed ^ this
+
+
+def holdout_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) sorted indices of a train split of `n` images: `fraction` of them
+    (rounded, at least one when fraction > 0) held out by a permutation fixed per seed. The
+    early exit is chosen on the held-out images, never on the split that reports its accuracy."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"holdout_fraction must lie in [0, 1), got {fraction}")
+    k = 0 if fraction == 0 else max(1, round(n * fraction))
+    if k >= n:
+        raise ConfigError(f"holdout_fraction {fraction} leaves no training images of {n}")
+    gen = torch.Generator().manual_seed(int(seed) ^ HOLDOUT_SEED_SALT)
+    perm = torch.randperm(n, generator=gen)
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def hold_out(run_data: DatasetSplits, fraction: float, seed: int
+             ) -> tuple[DatasetSplits, tuple[torch.Tensor, torch.Tensor]]:
+    """`run_data` without its held-out training images, and those images as
+    (x, y). The normalisation constants stay those of the full train split."""
+    keep, held = holdout_indices(run_data.n_train, fraction, seed)
+    keep, held = keep.to(run_data.train_x.device), held.to(run_data.train_x.device)
+    kept = dataclasses.replace(run_data, train_x=run_data.train_x[keep],
+                               train_y=run_data.train_y[keep])
+    return kept, (run_data.train_x[held], run_data.train_y[held])

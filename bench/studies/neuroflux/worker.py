@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench import measure
+from bench.data import DatasetSplits
 from bench.data.loader import DeviceLoader
 from bench.studies.neuroflux.split import eval_mode
 
@@ -63,6 +64,14 @@ class ActivationCache:
 
 def cache_bytes(n: int, shape: Sequence[int]) -> int:
     return int(n) * int(np.prod(shape)) * 2
+
+
+def device_data_mib(data: DatasetSplits, extra: Sequence[Tensor] = ()) -> float:
+    """MiB of the dataset's tensors (and `extra`) that live on an accelerator (0 on CPU): part
+    of the allocator's peak that the memory budget does not bound."""
+    tensors = (data.train_x, data.train_y, data.val_x, data.val_y, *extra)
+    return sum(t.numel() * t.element_size() for t in tensors
+               if t.device.type != "cpu") / measure.MIB
 
 
 class ImageSource:

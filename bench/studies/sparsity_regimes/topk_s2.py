@@ -1,7 +1,8 @@
 """`topk_s2`: top-k activation training, Strategy 2 (seed 002): accuracy-targeted compression
-with patience (`bench.studies.sparsity_regimes.controllers.AccuracyTargetedController`): compress while the epoch's train
-accuracy stays >= the last dense epoch's - acc_margin; on a violation hold r for `patience`
-epochs, then reset to 1 if still violated; reset also when r_min is reached.
+with patience (`bench.studies.sparsity_regimes.controllers.AccuracyTargetedController`): after
+each epoch, on the probe set at the current weights, compress while the accuracy at the epoch's r
+is within `acc_margin` (2 points) of the dense accuracy; on a violation hold r for `patience`
+epochs, then reset to 1 if still violated (a guard reset); reset also at r_min (a floor reset).
 """
 
 from __future__ import annotations

@@ -9,5 +9,6 @@ from bench.studies.tradyn import (  # noqa: F401  (each import registers a metho
     ranking,
     s_det_rgn,
     s_full_random,
+    s_topk_random,
     tradyn,
 )

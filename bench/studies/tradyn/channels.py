@@ -20,8 +20,9 @@ paper's convs have none); a layer's bias is updated iff the layer has a selected
 
 The parts:
 - `conv_layers` (shapes at the training resolution), `channel_costs`, `total_costs`.
-- `random_selection` (TraDy / D-Full-Random) and `deterministic_selection` (Det-RGN): stop at the
-  first channel that overflows the budget [ours].
+- `random_selection` (TraDy / D-Full-Random) and `deterministic_selection` (Det-RGN): walk an
+  order and accept each channel that still fits, skipping those that do not (`fill="skip"`, the
+  default [ours]), or stop at the first overflow (`fill="stop"`).
 - `channel_rgn`, `layer_rgn`, `RGNAccumulator`, `top_k_layers` (offline layer ranking).
 - `ChannelMask`: zero the gradients of unselected channels (reproduces the accuracy behaviour).
 - `SelectiveConv2d`, `enable_selective_saving`: realise the activation saving (only A[:, selected]
@@ -246,47 +247,73 @@ def _check_budget(pool: Sequence[Channel], cost: Callable[[Channel], float],
         )
 
 
-def random_selection(
-    pool: Sequence[Channel], costs: Costs, budget_units: float, generator: torch.Generator
-) -> list[Channel]:
-    """TraDy's online selection: shuffle the pool uniformly, take channels in that order while
-    the running memory cost stays <= budget, stop at the first that overflows [ours].
+FILLS = ("skip", "stop")  # how a selection walks its order when a channel overflows
 
+
+def random_selection(
+    pool: Sequence[Channel], costs: Costs, budget_units: float, generator: torch.Generator,
+    fill: str = "skip",
+) -> list[Channel]:
+    """TraDy's online selection: shuffle the pool uniformly and walk that order, accepting each
+    channel whose cost still fits the remaining budget ("sample until B_mem is met").
+
+    `fill="skip"` (default [ours]): a channel that does not fit is skipped and the walk goes on,
+    so the budget is filled (one expensive channel early in the order wastes nothing).
+    `fill="stop"`: stop at the first channel that overflows (the first implementation's rule).
     Draws exactly one `torch.randperm(len(pool), generator=generator)`, so the generator's
-    state (checkpointable) fixes the selection. Returns the accepted channels in shuffled order
-    (a prefix of the permuted pool). `costs`: a function of the channel, or units per layer
-    (`layer_unit_costs`). BudgetError if the budget is below the cheapest channel of the pool.
+    state (checkpointable) fixes the selection. Returns the accepted channels in shuffled order.
+    `costs`: a function of the channel, or units per layer (`layer_unit_costs`). BudgetError if
+    the budget is below the cheapest channel of the pool.
     """
     cost = _cost_fn(costs)
     _check_budget(pool, cost, budget_units)
+    _check_fill(fill)
     order = torch.randperm(len(pool), generator=generator).tolist()
-    return _take_while_fits([pool[j] for j in order], cost, budget_units)
+    return _take(pool, order, cost, budget_units, fill)
 
 
 def deterministic_selection(
-    scores: dict[Channel, float], costs: Costs, budget_units: float
+    scores: dict[Channel, float], costs: Costs, budget_units: float, fill: str = "skip"
 ) -> list[Channel]:
-    """Det-RGN: channels by descending score (ties: lower (layer, channel) first) while they fit;
-    stop at the first that overflows (so a costly top channel can end the selection early,
-    the same rule as `random_selection`). BudgetError if no channel of the pool could fit."""
+    """Det-RGN: channels by descending score (ties: lower (layer, channel) first), accepted while
+    they fit, with the same `fill` rule as `random_selection` (skip: a costly channel that does
+    not fit is passed over for the next ones; stop: it ends the selection). BudgetError if no
+    channel of the pool could fit."""
     cost = _cost_fn(costs)
     pool = list(scores)
     _check_budget(pool, cost, budget_units)
+    _check_fill(fill)
     ordered = sorted(pool, key=lambda ch: (-scores[ch], ch))
-    return _take_while_fits(ordered, cost, budget_units)
+    return _take(ordered, range(len(ordered)), cost, budget_units, fill)
 
 
-def _take_while_fits(ordered: Iterable[Channel], cost: Callable[[Channel], float],
-                     budget_units: float) -> list[Channel]:
+def _check_fill(fill: str) -> None:
+    if fill not in FILLS:
+        raise ConfigError(f"selection fill must be one of {list(FILLS)}, got {fill!r}")
+
+
+def _take(pool: Sequence[Channel], order: Iterable[int], cost: Callable[[Channel], float],
+          budget_units: float, fill: str) -> list[Channel]:
+    """Walk `pool` in `order`, accepting channels that fit (see `random_selection`)."""
+    cheapest = min((cost(ch) for ch in pool), default=0.0)
     taken: list[Channel] = []
     used = 0.0
-    for ch in ordered:
+    for j in order:
+        ch = pool[j]
         c = cost(ch)
         if used + c > budget_units:
-            break
+            if fill == "stop" or budget_units - used < cheapest:
+                break  # stop; or nothing left in the pool can fit any more
+            continue
         used += c
         taken.append(ch)
     return taken
+
+
+def selection_units(selected: Iterable[Channel], costs: Costs) -> float:
+    """Memory units of a selection (per sample)."""
+    cost = _cost_fn(costs)
+    return float(sum(cost(ch) for ch in selected))
 
 
 def all_channels(infos: Sequence[ConvInfo], layers: Iterable[int] | None = None) -> list[Channel]:

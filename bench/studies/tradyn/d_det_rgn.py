@@ -1,7 +1,7 @@
-"""`d_det_rgn` (D-Det-RGN, study `tradyn`): every epoch, channel RGN from a full gradient
-(`rgn_batches` non-augmented training batches, no optimizer step, BatchNorm statistics and RNG
-untouched), then channels by descending RGN while they fit the budget (stop at the first
-overflow). See `bench.studies.tradyn.base` for the RGN pass."""
+"""`d_det_rgn` (D-Det-RGN, study `tradyn`): every epoch, channel RGN from the full gradient (one
+extra no-update pass over the whole non-augmented training split; BatchNorm statistics and RNG
+untouched; option `rgn_batches` limits it to the first batches [ours]), then channels by
+descending RGN while they fit the budget (`fill`). See `bench.studies.tradyn.base`."""
 
 from __future__ import annotations
 
@@ -18,5 +18,5 @@ class DDetRGN(TraDyBase):
     description = "dynamic top channels by reweighted gradient norm, within a memory budget"
     rule = "rgn"
     dynamic = True
-    defaults: dict[str, Any] = {**TraDyBase.defaults, "rgn_batches": 4}
+    defaults: dict[str, Any] = {**TraDyBase.defaults, "rgn_batches": None}
     test_study: dict[str, Any] = {"budgets": [TEST_BUDGET]}

@@ -1,6 +1,6 @@
 """`d_full_random` (D-Full-Random, study `tradyn`): every epoch a new uniformly random selection
 over all conv input channels, accepted while the running memory cost stays within the budget
-(stop at the first overflow). See `bench.studies.tradyn.base` for the shared semantics."""
+(`fill`: skip the channels that do not fit, by default). See `bench.studies.tradyn.base` for the shared semantics."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """`tradyn` (TraDy = D-TopK-Random, study `tradyn`; ../shared/METHODS.md).
 
 Every epoch: shuffle the pool of all input channels of the top-K layers uniformly at random
-(the method's checkpointed generator), accept channels in that order while the running memory
-cost stays <= the budget, stop at the first overflow [ours]; train the epoch updating only the
-selected slices plus the classifier. See `bench.studies.tradyn.base` for the shared semantics.
+(the method's checkpointed generator), walk that order and accept each channel that still fits
+the remaining budget (`fill: skip` [ours]; `fill: stop` ends at the first overflow); train the
+epoch updating only the selected slices plus the classifier. See `bench.studies.tradyn.base` for the shared semantics.
 
 The top-K layers come from the offline layer ranking, a JSON file at `cfg["inputs"]["ranking"]`
 (written by the workflow's ranking step):
@@ -58,26 +58,28 @@ class TraDyn(TraDyBase):
     dynamic = True
     defaults: dict[str, Any] = {**TraDyBase.defaults, "ranking": None}
     needs_ranking = True  # the workflow provides cfg["inputs"]["ranking"]
+    metrics = (*TraDyBase.metrics, "ranking_k", "conv_layers")
     test_study: dict[str, Any] = {"budgets": [TEST_BUDGET],
                                   "method_options": {"tradyn": {"ranking": "all"}}}
 
     def __init__(self, options: dict[str, Any]) -> None:
         super().__init__(options)
         if self.options["ranking"] not in (None, "all"):
-            raise ConfigError(f"method 'tradyn': option ranking must be null (read "
+            raise ConfigError(f"method '{self.name}': option ranking must be null (read "
                               f"inputs.ranking) or 'all' (every conv layer), not "
                               f"{self.options['ranking']!r}")
         self.ranking_path: str | None = None
+        self.ranking_k: int | None = None  # K: layers of the ranking (paper: 35 of 52)
 
     def choose_pool_layers(self, run: Run) -> list[int]:
         if self.options["ranking"] == "all":
             return list(range(len(self.infos)))
         path = (run.cfg.get("inputs") or {}).get("ranking")
         if not path:
-            raise ConfigError("method 'tradyn' needs the layer ranking: cfg inputs.ranking (the "
-                              "JSON file of the workflow's layer ranking step) is missing; run "
-                              "the workflow, or set method option ranking: all to use every "
-                              "conv layer")
+            raise ConfigError(f"method '{self.name}' needs the layer ranking: cfg "
+                              "inputs.ranking (the JSON file of the workflow's layer ranking "
+                              "step) is missing; run the workflow, or set method option "
+                              "ranking: all to use every conv layer")
         self.ranking_path = str(path)
         ranking = load_ranking(Path(path))
         index = {info.name: i for i, info in enumerate(self.infos)}
@@ -89,4 +91,12 @@ class TraDyn(TraDyBase):
                 f"{ranking.get('model')!r}): {len(missing)} of its layers are not conv layers of "
                 f"'{run.cfg['model']}' ({shown}); regenerate the ranking for this model (its "
                 f"architecture and width) with the workflow's layer ranking step")
+        self.ranking_k = len(ranking["layer_names"])
         return sorted({index[n] for n in ranking["layer_names"]})
+
+    def final_metrics(self, run: Run) -> dict[str, Any]:
+        out = super().final_metrics(run)
+        if self.ranking_k is not None:  # K of the offline ranking (paper D.5: K = 35)
+            out["ranking_k"] = float(self.ranking_k)
+            out["conv_layers"] = float(len(self.infos))
+        return out

@@ -1,25 +1,36 @@
-"""Rest-Wake (study `restwake`): REST epochs, the snapshot buffer, BatchNorm re-estimation,
-the switching rule, the on-device buffer in memory accounting, and a paper-config cell."""
+"""Rest-Wake (study `restwake`): REST epochs, the snapshot buffer and the device running mean,
+BatchNorm re-estimation, the switching rule on scripted variance traces, the last epoch WAKE,
+the improved variant's one extra fp16 copy, the mechanism checks, and a paper-config cell."""
 
 from __future__ import annotations
 
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from bench.config import ROOT, Cell, check_config, load_config, resolve_cell
 from bench.data import DeviceLoader
-from bench.studies.restwake.phases import REST, WAKE, SnapshotBuffer, recompute_batchnorm
+from bench.errors import ConfigError
+from bench.studies.restwake.checks import checks as restwake_checks
+from bench.studies.restwake.phases import (
+    REST,
+    WAKE,
+    RunningMean,
+    SnapshotBuffer,
+    recompute_batchnorm,
+)
 from bench.studies.restwake.restwake_improved import RestWakeImproved
+from bench.studies.restwake.rule import SwitchingRule, simulate, spike_trace
 from bench.train import build_run, fit, run_cell
 from tests.conftest import tiny_cell
 
-STUDY = {"methods": ["sgd", "restwake_original", "restwake_improved"], "epochs": 3,
+STUDY = {"methods": ["sgd", "restwake_original", "restwake_improved"], "epochs": 4,
          "method_options": {"restwake_original": {"rest_every": 3},
-                            "restwake_improved": {"tau_warmup_epochs": 1}}}
+                            "restwake_improved": {"warmup_wake_epochs": 2, "window": 1}}}
 
 
 def test_buffer_keeps_the_newest_snapshots_in_fp16_and_compresses_to_one():
@@ -59,6 +70,25 @@ def test_recompute_batchnorm_equals_the_average_of_batch_statistics():
     assert torch.allclose(net[1].running_var, var, atol=1e-5)
 
 
+def test_running_mean_is_the_mean_of_the_snapshots_since_consolidation_in_fp16():
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3), torch.randn(7)]
+    m, buf = RunningMean(torch.device("cpu")), SnapshotBuffer(3, torch.device("cpu"))
+    snaps = [[p + i for p in params] for i in range(3)]
+    for snap in snaps:
+        m.update(snap)
+        buf.push(snap)
+    assert m.k == 3 and all(t.dtype == torch.float16 for t in m.mean)
+    for got, want in zip(m.mean, buf.mean(), strict=True):
+        assert torch.allclose(got.float(), want, atol=2e-3)  # fp16 rounding only
+    assert m.nbytes() == (15 + 7) * 2  # one fp16 copy
+    m.reset(params)
+    assert m.k == 1 and torch.allclose(m.mean[0].float(), params[0], atol=1e-3)
+    clone = RunningMean(torch.device("cpu"))
+    clone.load_state_dict(m.state_dict())
+    assert clone.k == 1 and torch.equal(clone.mean[1], m.mean[1])
+
+
 def test_rest_epoch_makes_no_step_and_sets_weights_to_the_snapshot_mean(tmp_path):
     cfg = tiny_cell(tmp_path, method="restwake_original", **STUDY)
     run = build_run(cfg, tmp_path, torch.device("cpu"))
@@ -81,70 +111,215 @@ def test_rest_epoch_makes_no_step_and_sets_weights_to_the_snapshot_mean(tmp_path
         seen["after"] = [p.detach().clone() for p in run.model.parameters()]
         seen["bn_after"] = [b.clone() for b in run.model.buffers()]
 
+    def on_epoch(r, record):
+        if record["phase"] == REST:  # the weights at the end of the REST epoch
+            seen["end_of_rest"] = [p.detach().clone() for p in r.model.parameters()]
+
     run.method.rest = spy_rest  # type: ignore[method-assign]
+    run.on_epoch = on_epoch
     fit(run)
     phases = [h["phase"] for h in run.history]
-    assert phases == [WAKE, WAKE, REST]
-    assert steps["n"] == 2 * len(run.train_loader), "a REST epoch made an optimizer step"
+    assert phases == [WAKE, WAKE, REST, WAKE]
+    assert steps["n"] == 3 * len(run.train_loader), "a REST epoch made an optimizer step"
     for p, m in zip(seen["after"], seen["expected"], strict=True):
         assert torch.equal(p, m)
-    # the model kept the consolidated weights through the REST epoch (no step afterwards)
-    for p, m in zip(run.model.parameters(), seen["expected"], strict=True):
-        assert torch.equal(p.detach(), m)
+    for p, m in zip(seen["end_of_rest"], seen["expected"], strict=True):
+        assert torch.equal(p, m)  # no step in the REST epoch
     bn_changed = [not torch.equal(a, b) for a, b in zip(seen["bn_before"], seen["bn_after"])
                   if a.is_floating_point()]
     assert any(bn_changed), "BatchNorm statistics were not recomputed"
-    assert len(run.method.buffer) == 1  # compressed to the consolidated snapshot
+    assert len(run.method.buffer) == 2  # compressed to one snapshot, then one WAKE pushed
     rest = run.history[2]
     assert rest["train_loss"] is None and rest["rest"] == 1.0 and math.isfinite(rest["val_acc"])
 
 
-def scripted(vs, warmup=5, direction="high"):
-    method = RestWakeImproved(RestWakeImproved.resolve_options(
-        {"tau_warmup_epochs": warmup, "direction": direction}))
-    return [method.switch(v) for v in vs], method.tau
+# --- the switching rule on scripted variance traces ---------------------------------------
+
+RULE = SwitchingRule()  # METHODS.md: factor 1.25, window 5, 5 warm-up WAKE epochs, 2 in 10
+EPOCHS = 50
+NOISE = 0.3  # log-sd of v around its trend (the digits quick run: see the study README)
 
 
-def test_switching_rule_on_a_scripted_variance_sequence():
-    decisions, tau = scripted([1.0, 2.0, 3.0, 4.0, 5.0, 4.0, 2.0, 3.5, 3.0])
-    assert tau == 3.0  # median of the first five WAKE epochs, then frozen
-    # warm-up: the fifth v (5 > 3) already counts once tau exists
-    assert decisions == [WAKE, WAKE, WAKE, WAKE, REST, REST, WAKE, REST, WAKE]
-    low, _ = scripted([1.0, 2.0, 3.0, 4.0, 5.0, 4.0, 2.0], direction="low")
-    assert low[-2:] == [WAKE, REST]
-    nan, tau_nan = scripted([float("nan"), 1.0, 3.0], warmup=2)
-    assert tau_nan == 2.0 and nan == [WAKE, WAKE, REST]
+def test_rule_compares_with_the_median_of_the_previous_wake_epochs():
+    phases = [WAKE] * 7
+    d = RULE.decide([100.0, 1.0, 2.0, 3.0, 4.0, 5.0, 3.75], phases)
+    assert d.reference == 3.0 and d.threshold == pytest.approx(3.75) and d.rest  # 100 is out
+    d = RULE.decide([9.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.2], phases)
+    assert d.reference == 1.0 and not d.rest and d.why == "not crossed"  # 1.2 < 1.25
+    assert RULE.decide([1.0, 1.0, 1.0, 9.0], [WAKE] * 4).why == "warm-up"
+    assert RULE.decide([1.0, 1.0, 1.0, 1.0, 9.0], [WAKE] * 5).rest  # after the fifth WAKE epoch
+    capped = [WAKE, REST, WAKE, WAKE, REST] + [WAKE] * 5
+    assert RULE.decide([1.0] * 7 + [9.0], capped).why == "cap"
+    assert RULE.decide([1.0] * 8 + [9.0], capped + [WAKE, WAKE]).rest  # the first REST is out
+    low = SwitchingRule(direction="low")
+    assert low.decide([1.0] * 5 + [0.8], [WAKE] * 6).rest  # 0.8 <= 1 / 1.25
+    assert not low.decide([1.0] * 5 + [0.81], [WAKE] * 6).rest
+    nan = RULE.decide([1.0, float("nan"), 1.0, 1.0, 1.0, 2.0], [WAKE] * 6)
+    assert nan.reference == 1.0 and nan.rest  # undefined v are left out of the reference
+    assert not RULE.decide([1.0] * 5 + [float("nan")], [WAKE] * 6).rest
 
 
-def test_never_two_rests_in_a_row_and_rest_needs_snapshots(tmp_path):
-    cfg = tiny_cell(tmp_path, method="restwake_improved", **{**STUDY, "epochs": 6})
+def _noisy(trend: np.ndarray, seed: int) -> np.ndarray:
+    return trend * np.exp(np.random.default_rng(seed).normal(0.0, NOISE, trend.shape))
+
+
+TRENDS = {
+    "rising": np.exp(np.linspace(0.0, math.log(3.0), EPOCHS)),  # v x3 over the run
+    "flat": np.ones(EPOCHS),
+    "falling": np.exp(np.linspace(0.0, -math.log(3.0), EPOCHS)),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(TRENDS))
+def test_rest_fraction_is_in_range_on_noisy_rising_flat_and_falling_traces(shape):
+    for seed in range(20):
+        phases = simulate(RULE, _noisy(TRENDS[shape], seed))
+        frac = phases.count(REST) / EPOCHS
+        assert 0.05 <= frac <= 0.3, (shape, seed, frac)
+        assert REST not in phases[:5] and phases[-1] == WAKE
+        assert all(not (a == b == REST) for a, b in zip(phases, phases[1:]))
+        for start in range(EPOCHS - 9):
+            assert phases[start:start + 10].count(REST) <= 2
+
+
+def test_a_frozen_threshold_would_follow_the_trend_the_trailing_one_does_not():
+    # smooth traces (no noise): the trailing rule rests rarely whatever the drift
+    for trend in TRENDS.values():
+        assert simulate(RULE, trend).count(REST) <= 0.2 * EPOCHS
+    assert simulate(RULE, TRENDS["falling"]).count(REST) == 0
+
+
+@pytest.mark.parametrize("rule", [RULE, SwitchingRule(factor=1.5, window=3, cap_window=6),
+                                  SwitchingRule(direction="low")])
+def test_a_rest_follows_each_isolated_spike(rule):
+    trace, spikes = spike_trace(rule)
+    assert len(spikes) >= 3
+    phases = simulate(rule, trace)
+    assert [t for t, p in enumerate(phases) if p == REST] == [t + 1 for t in spikes]
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigError, match="direction"):
+        RestWakeImproved(RestWakeImproved.resolve_options({"direction": "up"}))
+    with pytest.raises(ConfigError, match="window"):
+        RestWakeImproved(RestWakeImproved.resolve_options({"window": 0}))
+
+
+# --- the rule inside the training loop ---------------------------------------------------
+
+
+def test_never_two_rests_in_a_row_rest_needs_snapshots_and_the_last_epoch_wakes(tmp_path):
+    opts = {"warmup_wake_epochs": 1, "window": 1, "factor": 1e-9, "cap": 10}  # always asks
+    cfg = tiny_cell(tmp_path, method="restwake_improved",
+                    **{**STUDY, "epochs": 6, "method_options": {"restwake_improved": opts}})
     run = build_run(cfg, tmp_path, torch.device("cpu"))
     run.method.setup(run)
-    run.method.tau = -1.0  # every v is above tau: the rule always asks for REST
-    run.method.warmup_v = [0.0]
     fit(run)
     phases = [h["phase"] for h in run.history]
-    assert phases[:2] == [WAKE, WAKE], "rested with fewer than 2 snapshots"
-    assert REST in phases
-    assert all(not (a == b == REST) for a, b in zip(phases, phases[1:]))
+    assert phases == [WAKE, WAKE, REST, WAKE, REST, WAKE]  # 2 snapshots needed; last WAKE
     for h in run.history:
-        assert "grad_cv2" in h and "tau" in h
+        assert "grad_cv2" in h and "rest_threshold" in h and "next_rest" in h
+    assert run.history[1]["next_rest"] == 1.0 and run.history[1]["rule"] == "crossed"
+    assert run.history[2]["rule"] == "after rest"
 
 
-def test_improved_buffer_on_device_is_counted_in_memory(tmp_path):
+def test_last_epoch_is_wake_for_the_fixed_schedule_too(tmp_path):
+    cfg = tiny_cell(tmp_path, method="restwake_original",
+                    **{**STUDY, "epochs": 3})  # rest_every 3 would rest in the last epoch
+    result = run_cell(cfg, tmp_path / "result.json")
+    assert [h["phase"] for h in result["history"]] == [WAKE, WAKE, WAKE]
+    assert result["final"]["rest_epochs"] == 0 and result["final"]["last_phase"] == WAKE
+
+
+def test_improved_keeps_one_fp16_copy_of_the_weights_on_the_device(tmp_path):
     results = {}
     for method in ("restwake_original", "restwake_improved"):
-        cfg = tiny_cell(tmp_path, method=method, **{**STUDY, "epochs": 2})
+        cfg = tiny_cell(tmp_path, method=method, **STUDY)
         results[method] = run_cell(cfg, tmp_path / method / "result.json")
     orig, impr = results["restwake_original"], results["restwake_improved"]
-    params = orig["compute"]["params"]
-    fp16_snapshot_mib = params * 2 / 2**20
-    # epoch 1 runs with one snapshot in the buffer: on the device for improved, on the host for
-    # original; everything else (weights, optimizer, activations) is the same
-    diff = impr["history"][1]["modelled_peak_mib"] - orig["history"][1]["modelled_peak_mib"]
-    assert diff == pytest.approx(fp16_snapshot_mib, rel=1e-6)
+    fp16_copy_mib = orig["compute"]["params"] * 2 / 2**20
+    # M is on the host for both; the improved variant adds its running mean, from the first
+    # WAKE epoch on (measured at the start of the next epoch: epoch 1 onwards)
+    for e in range(1, 4):
+        diff = impr["history"][e]["modelled_peak_mib"] - orig["history"][e]["modelled_peak_mib"]
+        assert diff == pytest.approx(fp16_copy_mib, rel=1e-6), e
     assert orig["memory"]["method_buffer_mib"] == 0.0
-    assert impr["memory"]["method_buffer_mib"] == pytest.approx(2 * fp16_snapshot_mib, rel=1e-6)
+    assert impr["memory"]["method_buffer_mib"] == pytest.approx(fp16_copy_mib, rel=1e-6)
+    # both rested once, and the improved one consolidated to its running mean
+    assert [h["phase"] for h in orig["history"]] == [WAKE, WAKE, REST, WAKE]
+    assert REST in [h["phase"] for h in impr["history"]]
+
+
+def test_resume_keeps_the_rule_state_and_the_running_mean(tmp_path):
+    cfg = tiny_cell(tmp_path, method="restwake_improved", **STUDY)
+    a = build_run(cfg, tmp_path / "a", torch.device("cpu"))
+    a.method.setup(a)
+    fit(a)
+    b = build_run(cfg, tmp_path / "b", torch.device("cpu"))
+    b.method.setup(b)
+    b.method.load_state_dict(copy.deepcopy(a.method.state_dict()))
+    assert b.method.wake_v == a.method.wake_v and b.method.phases == a.method.phases
+    assert b.method.running.k == a.method.running.k
+    assert all(torch.equal(x, y) for x, y in zip(b.method.running.mean, a.method.running.mean))
+
+
+# --- paper-comparable memory --------------------------------------------------------------
+
+
+def test_peak_train_mib_subtracts_the_device_resident_dataset():
+    from bench import measure
+
+    # a fake CIFAR-10 on the training device: 50k + 10k uint8 3x32x32 images, int64 labels
+    split = [torch.zeros(50_000, 3, 32, 32, dtype=torch.uint8),
+             torch.zeros(50_000, dtype=torch.int64),
+             torch.zeros(10_000, 3, 32, 32, dtype=torch.uint8),
+             torch.zeros(10_000, dtype=torch.int64)]
+    resident = measure.resident_bytes(split, "cpu")
+    assert resident == 60_000 * (3072 + 8)
+    assert resident / 2**20 == pytest.approx(176.24, abs=0.01)  # images 175.78 + labels 0.46
+    assert measure.resident_bytes(split + [split[0][:10]], "cpu") == resident  # a view: once
+    assert measure.resident_bytes(split, "meta") == 0  # nothing of it on that device
+    assert measure.without_resident(641.0, resident) == pytest.approx(641.0 - 176.24, abs=0.01)
+    assert measure.without_resident(None, resident) is None  # CPU: no allocator figure
+
+
+def test_cells_record_peak_train_and_eval_beside_the_raw_peak(tmp_path):
+    cfg = tiny_cell(tmp_path, method="restwake_improved", **{**STUDY, "epochs": 1})
+    result = run_cell(cfg, tmp_path / "result.json")
+    h, mem = result["history"][0], result["memory"]
+    for key in ("peak_alloc_mib", "peak_train_mib", "peak_eval_mib"):
+        assert key in h and key in mem and h[key] is None  # CPU: not measured
+    assert mem["resident_data_mib"] > 0
+
+
+# --- mechanism checks ---------------------------------------------------------------------
+
+
+def _result(method, seed, phases, options=None):
+    return {"status": "ok",
+            "axes": {"study": "restwake", "method": method, "model": "resnet18",
+                     "dataset": "digits", "budget": "none", "seed": seed},
+            "config": {"method_impl": method, "method_options": options or {}},
+            "history": [{"epoch": i, "phase": p} for i, p in enumerate(phases)]}
+
+
+def test_mechanism_checks():
+    ok = [WAKE] * 6 + [REST] + [WAKE] * 3  # 0.1
+    never = [WAKE] * 10
+    ends_rest = [WAKE] * 9 + [REST]
+    rows = restwake_checks([_result("restwake_improved", 0, ok),
+                            _result("restwake_improved", 1, never),
+                            _result("restwake_original", 0, ends_rest),
+                            _result("sgd", 0, ["train"] * 10)])
+    got = {(c.check, c.method, c.seed): c.passed for c in rows}
+    assert got[("rest_fraction_in_range", "restwake_improved", 0)]
+    assert not got[("rest_fraction_in_range", "restwake_improved", 1)]
+    assert ("rest_fraction_in_range", "restwake_original", 0) not in got  # fixed schedule
+    assert not got[("last_epoch_wake", "restwake_original", 0)]
+    assert got[("last_epoch_wake", "sgd", 0)] and got[("last_epoch_wake", "restwake_improved", 0)]
+    assert got[("rule_rests_after_spikes", "restwake_improved", None)]
+    dead = restwake_checks([_result("restwake_improved", 0, ok, {"factor": 100.0})])
+    assert not {c.check: c.passed for c in dead}["rule_rests_after_spikes"]
 
 
 def test_a_paper_config_cell_runs_a_few_steps_on_cifar_shaped_data(tmp_path):

@@ -13,11 +13,14 @@ from torch import nn
 from bench.errors import ConfigError
 from bench.methods import METHODS
 from bench.models import build_model
+from bench.studies.sparsity_regimes.base import probe_indices
 from bench.studies.sparsity_regimes.controllers import (
     AccuracyTargetedController,
     ConstantController,
     LossGuardedController,
+    Probe,
     SawtoothController,
+    open_loop_ratios,
 )
 from bench.studies.sparsity_regimes.topk import TopK, attach_topk, keep_count
 from bench.train import run_cell
@@ -237,97 +240,221 @@ def test_effective_activation_rate_equals_a_hand_count():
 # ----------------------------------------------------------------------------- controllers
 
 
-def drive(controller, losses=None, accs=None):
-    """The keep ratio each epoch trains at, for scripted epoch losses / accuracies."""
-    n = len(losses if losses is not None else accs)
-    losses = losses if losses is not None else [0.0] * n
-    accs = accs if accs is not None else [0.0] * n
-    ratios = []
-    for loss, acc in zip(losses, accs, strict=True):
+def P(dense_loss=1.0, loss=None, dense_acc=0.9, acc=None):  # noqa: N802
+    """A probe reading; loss/acc at r default to the dense ones (no cost of sparsity)."""
+    return Probe(dense_loss, dense_acc, dense_loss if loss is None else loss,
+                 dense_acc if acc is None else acc)
+
+
+def drive(controller, probes):
+    """(the keep ratio each epoch trains at + the next one, the actions, the reset causes)."""
+    ratios, actions, causes = [], [], []
+    for probe in probes:
         ratios.append(controller.r)
-        controller.step(loss, acc)
-    return ratios + [controller.r]
+        controller.step(probe)
+        actions.append(controller.action)
+        causes.append(controller.reset_cause)
+    return ratios + [controller.r], actions, causes
 
 
-def test_s1_compress_and_reset_trajectory():
+def first_rule_ratios(train_losses, r_min=0.05, beta=0.8, tol=0.10):
+    """S1 as first specified (and implemented): this epoch's *training* loss against that of the
+    last dense epoch. Kept here only to show the scripted sequences below defeat it."""
+    r, ref, out = 1.0, None, []
+    for loss in train_losses:
+        out.append(r)
+        ref = loss if r == 1.0 else ref
+        r = max(r_min, beta * r) if loss <= (1 + tol) * ref and r > r_min else 1.0
+    return out + [r]
+
+
+def test_large_progress_with_a_costly_sparsity_resets_by_the_guard():
+    # Training progresses fast (train loss 2.0 -> 0.8, accuracy 0.5 -> 0.93) while the probe
+    # says that sparsity costs more and more at the current weights.
+    train_losses = [2.0, 1.5, 1.1, 0.8]
+    assert first_rule_ratios(train_losses) == pytest.approx([1.0, 0.8, 0.64, 0.512, 0.4096])
+    probes = [P(1.90), P(1.40, 1.45), P(1.00, 1.30), P(0.70)]  # Lr/L1: 1, 1.04, 1.30
+    ratios, actions, causes = drive(LossGuardedController(), probes)
+    assert ratios[:4] == pytest.approx([1.0, 0.8, 0.64, 1.0])
+    assert actions[:3] == ["compress", "compress", "reset"] and causes[2] == "guard"
+    # S2 on the same run: the accuracy drop at r grows past 2 points, persists past patience
+    accs = [P(dense_acc=0.50), P(dense_acc=0.70, acc=0.69), P(dense_acc=0.85, acc=0.80),
+            P(dense_acc=0.90, acc=0.85), P(dense_acc=0.92, acc=0.86), P(dense_acc=0.93, acc=0.88)]
+    s2 = AccuracyTargetedController()
+    ratios, actions, causes = drive(s2, accs)
+    assert ratios == pytest.approx([1.0, 0.8, 0.64, 0.64, 0.64, 0.64, 1.0])
+    assert actions == ["compress", "compress", "hold", "hold", "hold", "reset"]
+    assert causes[-1] == "guard" and s2.guard_resets == 1 and s2.floor_resets == 0
+    # the first rule, fed the training accuracy (rising), never violates: no reset
+    train_accs, ref, r = [0.50, 0.70, 0.85, 0.90, 0.92, 0.93], None, 1.0
+    for acc in train_accs:
+        ref = acc if r == 1.0 else ref
+        assert acc >= ref - 0.02
+        r = max(0.05, 0.8 * r)
+
+
+def test_s1_compress_floor_and_guard():
     c = LossGuardedController(r_min=0.1, beta=0.5, loss_tolerance=0.10)
-    losses = [2.0,  # dense: reference 2.0, bound 2.2
-              2.1, 2.2, 2.0,  # within the bound: compress 0.5 -> 0.25 -> 0.125 -> 0.1 (floor)
-              1.9,  # fine but r == r_min: reset (new cycle)
-              1.5,  # dense: reference 1.5, bound 1.65
-              1.7,  # 1.7 > 1.65: reset
-              1.6]  # dense: reference 1.6
-    assert drive(c, losses=losses) == [1.0, 0.5, 0.25, 0.125, 0.1, 1.0, 0.5, 1.0, 0.5]
-    assert c.ref_loss == 1.6 and c.resets == 2
+    probes = [P(2.0),  # dense: Lr = L1, compress
+              P(1.8, 1.9), P(1.5, 1.65), P(1.4, 1.5),  # within 10%: 0.5 -> 0.25 -> 0.125 -> 0.1
+              P(1.3, 1.3),  # fine but r == r_min: floor reset
+              P(1.2),  # dense: compress
+              P(1.2, 1.33),  # 1.33 > 1.32: guard reset
+              P(1.1)]
+    ratios, actions, causes = drive(c, probes)
+    assert ratios == [1.0, 0.5, 0.25, 0.125, 0.1, 1.0, 0.5, 1.0, 0.5]
+    assert causes == ["", "", "", "", "floor", "", "guard", ""]
+    assert (c.resets, c.guard_resets, c.floor_resets) == (2, 1, 1)
     c2 = LossGuardedController(r_min=0.1, beta=0.5)
-    assert drive(c2, losses=[1.0, float("nan")]) == [1.0, 0.5, 1.0]  # non-finite loss resets
+    ratios, _, causes = drive(c2, [P(1.0), P(1.0, float("nan"))])
+    assert ratios == [1.0, 0.5, 1.0] and causes[1] == "guard"  # a non-finite loss fails
+    c3 = LossGuardedController(r_min=0.5, beta=0.5)
+    ratios, _, causes = drive(c3, [P(1.0), P(1.0, 9.0)])  # violated at the floor: floor reset
+    assert ratios == [1.0, 0.5, 1.0] and causes[1] == "floor" and c3.guard_resets == 0
 
 
-def test_s1_defaults_reach_r_min_then_reset():
+def test_s1_defaults_with_a_guard_that_always_holds_is_the_open_loop_schedule():
     c = LossGuardedController()  # r_min 0.05, beta 0.8
-    ratios = drive(c, losses=[1.0] * 16)
+    ratios, _, causes = drive(c, [P()] * 16)
     expected = [0.8 ** i for i in range(14)] + [0.05, 1.0, 0.8]  # 0.8**14 = 0.044 < 0.05
     assert ratios == pytest.approx(expected)
+    assert ratios[:16] == pytest.approx(open_loop_ratios(0.05, 0.8, 16))
+    assert causes.count("floor") == 1 and c.guard_resets == 0
 
 
 def test_s2_compress_hold_and_reset_trajectory():
     c = AccuracyTargetedController(r_min=0.1, beta=0.5, acc_margin=0.02, patience=3)
-    accs = [0.50,  # dense: reference 0.50, floor 0.48
-            0.49,  # fine: 0.5 -> 0.25
-            0.47, 0.475,  # violations 1, 2: hold 0.25
-            0.485,  # fine again: compress 0.25 -> 0.125
-            0.40, 0.40, 0.40,  # violations 1..3: hold 0.125 (patience)
-            0.40,  # violation 4 > patience: reset
-            0.60,  # dense: reference 0.60, floor 0.58
-            0.59, 0.59, 0.59,  # compress 0.5 -> 0.25 -> 0.125 -> 0.1 (floor)
-            0.59]  # fine at r_min: reset (new cycle)
-    assert drive(c, accs=accs) == [1.0, 0.5, 0.25, 0.25, 0.25, 0.125, 0.125, 0.125, 0.125,
-                                   1.0, 0.5, 0.25, 0.125, 0.1, 1.0]
-    assert c.ref_acc == 0.60 and c.resets == 2
+    probes = [P(dense_acc=0.50),  # dense: compress
+              P(dense_acc=0.60, acc=0.59),  # drop 1 point: 0.5 -> 0.25
+              P(dense_acc=0.60, acc=0.57), P(dense_acc=0.60, acc=0.575),  # violations 1, 2: hold
+              P(dense_acc=0.60, acc=0.58),  # drop exactly 2 points: fine, 0.25 -> 0.125
+              P(acc=0.80), P(acc=0.80), P(acc=0.80),  # violations 1..3: hold (patience)
+              P(acc=0.80),  # violation 4 > patience: guard reset
+              P(), P(), P(), P(),  # 1 -> 0.5 -> 0.25 -> 0.125 -> 0.1 (floor)
+              P()]  # fine at r_min: floor reset
+    ratios, actions, causes = drive(c, probes)
+    assert ratios == [1.0, 0.5, 0.25, 0.25, 0.25, 0.125, 0.125, 0.125, 0.125,
+                      1.0, 0.5, 0.25, 0.125, 0.1, 1.0]
+    assert actions[2:4] == ["hold", "hold"] and causes[8] == "guard" and causes[13] == "floor"
+    assert (c.resets, c.guard_resets, c.floor_resets) == (2, 1, 1)
 
 
 def test_s2_violation_at_r_min_holds_then_resets_and_patience_zero_resets_at_once():
     c = AccuracyTargetedController(r_min=0.25, beta=0.5, acc_margin=0.0, patience=1)
-    assert drive(c, accs=[0.9, 0.9, 0.8, 0.8]) == [1.0, 0.5, 0.25, 0.25, 1.0]
+    ratios, _, causes = drive(c, [P(), P(), P(acc=0.8), P(acc=0.8)])
+    assert ratios == [1.0, 0.5, 0.25, 0.25, 1.0] and causes[3] == "guard"
     c0 = AccuracyTargetedController(r_min=0.1, beta=0.5, acc_margin=0.02, patience=0)
-    assert drive(c0, accs=[0.5, 0.3, 0.5]) == [1.0, 0.5, 1.0, 0.5]
+    ratios, _, causes = drive(c0, [P(), P(acc=0.5), P()])
+    assert ratios == [1.0, 0.5, 1.0, 0.5] and causes[1] == "guard"
 
 
-def test_sawtooth_trajectory():
+@pytest.mark.parametrize("probe,s1,s2", [
+    # loss 30% above dense, accuracy unchanged: S1's guard trips, S2 compresses
+    (P(1.0, 1.3, 0.9, 0.9), ("reset", "guard"), ("compress", "")),
+    # loss within 10%, accuracy 5 points down: S1 compresses, S2 holds
+    (P(1.0, 1.05, 0.9, 0.85), ("compress", ""), ("hold", "")),
+])
+def test_s1_and_s2_on_the_same_probe_numbers_act_differently_where_their_rules_differ(
+        probe, s1, s2):
+    c1, c2 = LossGuardedController(), AccuracyTargetedController()
+    c1.step(P())
+    c2.step(P())  # both at 0.8 after the same dense epoch
+    assert c1.r == c2.r == pytest.approx(0.8)
+    c1.step(probe)
+    c2.step(probe)
+    assert (c1.action, c1.reset_cause) == s1
+    assert (c2.action, c2.reset_cause) == s2
+    assert c1.r != c2.r
+
+
+def test_s1_and_s2_diverge_on_one_scripted_run_and_differ_from_the_sawtooth():
+    # the probe of a net whose sparsity cost grows as r falls: loss ratio 1 + 0.6 (1 - r),
+    # accuracy drop 5 (1 - r) points
+    def probe(r):
+        return P(1.0, 1.0 + 0.6 * (1 - r), 0.95, 0.95 - 0.05 * (1 - r))
+
+    runs = {}
+    for name, c in (("s1", LossGuardedController()), ("s2", AccuracyTargetedController()),
+                    ("saw", SawtoothController())):
+        ratios = []
+        for _ in range(24):
+            ratios.append(c.r)
+            c.step(probe(c.r))
+        runs[name] = (ratios, c)
+    (r1, c1), (r2, c2), (rs, cs) = runs["s1"], runs["s2"], runs["saw"]
+    assert r1 != r2 and r1 != rs and r2 != rs
+    assert c1.guard_resets >= 1 and c2.guard_resets >= 1
+    assert rs == pytest.approx([0.05 ** ((t % 10) / 9) for t in range(24)])
+    assert cs.resets == cs.schedule_resets == 2
+
+
+def test_sawtooth_is_the_open_loop_reference():
     c = SawtoothController(r_min=0.125, period=4)  # r_t = 0.125 ** (t mod 4 / 3) = 0.5 ** (t mod 4)
-    assert drive(c, losses=[9.0] * 9) == pytest.approx(
-        [1.0, 0.5, 0.25, 0.125, 1.0, 0.5, 0.25, 0.125, 1.0, 0.5])
+    ratios, actions, causes = drive(c, [None] * 9)
+    assert ratios == pytest.approx([1.0, 0.5, 0.25, 0.125, 1.0, 0.5, 0.25, 0.125, 1.0, 0.5])
+    assert causes == ["", "", "", "schedule", "", "", "", "schedule", ""]
+    # whatever the probe says (no cost, a huge cost, nothing), the same schedule
+    for probes in ([P()] * 9, [P(1.0, 50.0, 0.9, 0.0)] * 9):
+        assert drive(SawtoothController(r_min=0.125, period=4), probes)[0] == ratios
     d = SawtoothController()  # r_min 0.05, period 10
-    ratios = drive(d, losses=[0.0] * 10)
+    ratios = drive(d, [None] * 10)[0]
     assert ratios[0] == 1.0 and ratios[9] == pytest.approx(0.05) and ratios[10] == 1.0
     assert ratios[1] == pytest.approx(0.05 ** (1 / 9))
     with pytest.raises(ValueError):
         SawtoothController(period=1)
 
 
+def test_adaptive_controllers_need_the_probe():
+    assert LossGuardedController.needs_probe and AccuracyTargetedController.needs_probe
+    assert not SawtoothController.needs_probe and not ConstantController.needs_probe
+    with pytest.raises(ValueError, match="probe"):
+        LossGuardedController().step(None)
+
+
 def test_controller_state_round_trips():
     c = AccuracyTargetedController(r_min=0.1, beta=0.5)
-    drive(c, accs=[0.5, 0.49, 0.3])
+    drive(c, [P(), P(), P(acc=0.3)])
     clone = AccuracyTargetedController(r_min=0.1, beta=0.5)
     clone.load_state_dict(c.state_dict())
-    assert drive(clone, accs=[0.3, 0.3, 0.3]) == drive(c, accs=[0.3, 0.3, 0.3])
-    assert drive(ConstantController(), losses=[1.0, 2.0]) == [1.0, 1.0, 1.0]
+    more = [P(acc=0.3)] * 3
+    assert drive(clone, more) == drive(c, more)
+    assert drive(ConstantController(), [None, None])[0] == [1.0, 1.0, 1.0]
+
+
+def test_probe_set_is_fixed_per_seed():
+    a, b = probe_indices(5000, 2048, 0), probe_indices(5000, 2048, 0)
+    assert torch.equal(a, b) and len(a) == 2048 and len(set(a.tolist())) == 2048
+    assert torch.equal(a, a.sort().values)
+    assert not torch.equal(a, probe_indices(5000, 2048, 1))
+    assert torch.equal(probe_indices(1437, 2048, 3), torch.arange(1437))  # all when fewer
 
 
 def test_method_state_resumes_the_controller():
     cls = METHODS.get("topk_s1")
     m = cls(cls.resolve_options({"beta": 0.5}))
-    m.controller.step(1.0, 0.5)
+    m.controller.step(P())
     clone = cls(cls.resolve_options({"beta": 0.5}))
     clone.load_state_dict(m.state_dict())
-    assert clone.controller.r == 0.5 and clone.controller.ref_loss == 1.0
+    assert clone.controller.r == 0.5 and clone.controller.action == "compress"
 
 
 @pytest.mark.parametrize("bad", [{"scope": "global"}, {"beta": 1.0}, {"r_min": 0.0},
-                                 {"eval_ratios": [0.5, 0]}, {"patience": -1}])
+                                 {"eval_ratios": [0.5, 0]}, {"patience": -1},
+                                 {"probe_size": 0}, {"probe_size": 1.5}])
 def test_bad_options_are_config_errors(bad):
     with pytest.raises(ConfigError):
         METHODS.get("topk_s2").resolve_options(bad)
+
+
+def test_every_constant_is_an_option_with_the_methods_md_default():
+    s1 = METHODS.get("topk_s1").resolve_options({})
+    s2 = METHODS.get("topk_s2").resolve_options({})
+    saw = METHODS.get("topk_sawtooth").resolve_options({})
+    for o in (s1, s2):
+        assert (o["r_min"], o["beta"], o["probe_size"]) == (0.05, 0.8, 2048)
+    assert s1["loss_tolerance"] == 0.10
+    assert (s2["acc_margin"], s2["patience"]) == (0.02, 3)
+    assert (saw["r_min"], saw["period"]) == (0.05, 10)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -354,8 +481,24 @@ def test_sparsity_method_cell(name, options, tmp_path):
         assert ratios == pytest.approx([1.0, 0.05, 1.0])
         assert rates[1] <= 0.055  # ceil(0.05 n) per sample and layer
         assert rates[0] > rates[1]
-    if name == "topk_s1":
-        assert ratios[1] in (1.0, 0.8)
+    if name in ("topk_s1", "topk_s2"):
+        # the probe ran every epoch; replaying its numbers through a fresh controller gives the
+        # same keep ratios and actions (the recorded numbers are what drove the controller)
+        replay = METHODS.get(name).make_controller(METHODS.get(name).resolve_options(options))
+        for h in history:
+            assert replay.r == pytest.approx(h["keep_ratio"])
+            replay.step(Probe(h["probe_dense_loss"], h["probe_dense_acc"], h["probe_loss"],
+                              h["probe_acc"]))
+            assert h["controller_action"] == replay.action
+            assert h["reset_cause"] == replay.reset_cause
+            assert h["reset"] == int(replay.action == "reset")
+            assert h["probe_s"] > 0 and h["probe_fraction"] > 0
+        assert history[0]["probe_loss"] == history[0]["probe_dense_loss"]  # r = 1: one pass
+        assert final["probe_size"] == 128  # the tiny study's train split (128 images), all of it
+        assert final["probe_s_total"] == pytest.approx(sum(h["probe_s"] for h in history))
+        assert 0 < final["probe_fraction"]
+    else:
+        assert "probe_loss" not in history[0] and "probe_size" not in final
     for h, nxt in zip(history, ratios[1:], strict=False):
         assert h["next_keep_ratio"] == nxt
         assert h["phase"] == ("dense" if h["keep_ratio"] == 1.0 else "sparse")

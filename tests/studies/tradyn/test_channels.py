@@ -149,31 +149,58 @@ def test_mobilenetv2_w035_full_finetuning_budget_vs_paper() -> None:
 # --- selection -------------------------------------------------------------------------------
 
 
-def test_random_selection_stops_at_first_overflow_and_is_reproducible() -> None:
+def _greedy(order, costs, budget, fill):
+    """The reference walk: accept what fits; skip (or stop at) what does not."""
+    taken, used = [], 0.0
+    for ch in order:
+        if used + costs[ch[0]] <= budget:
+            taken.append(ch)
+            used += costs[ch[0]]
+        elif fill == "stop":
+            break
+    return taken
+
+
+@pytest.mark.parametrize("fill", ["skip", "stop"])
+def test_random_selection_walks_the_shuffled_pool_and_is_reproducible(fill) -> None:
     pool = [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
     costs = [10.0, 3.0]
     g = torch.Generator().manual_seed(7)
     state = g.get_state()
-    sel = random_selection(pool, costs, 14, g)
+    sel = random_selection(pool, costs, 14, g, fill)
     g.set_state(state)
     order = [pool[j] for j in torch.randperm(len(pool), generator=g).tolist()]
-    assert sel == order[: len(sel)]
-    used = sum(costs[i] for i, _ in sel)
-    assert used <= 14 and (len(sel) == len(pool) or used + costs[order[len(sel)][0]] > 14)
+    assert sel == _greedy(order, costs, 14, fill)
     g.set_state(state)
-    assert random_selection(pool, costs, 14, g) == sel
+    assert random_selection(pool, costs, 14, g, fill) == sel
     # a callable cost works the same
     g.set_state(state)
-    assert random_selection(pool, lambda ch: costs[ch[0]], 14, g) == sel
+    assert random_selection(pool, lambda ch: costs[ch[0]], 14, g, fill) == sel
 
 
-def test_deterministic_selection_by_score_stops_at_first_overflow() -> None:
+def test_skip_fills_the_budget_where_stop_wastes_it() -> None:
+    # one expensive channel first in the order: stop takes nothing after it, skip goes on
+    scores = {(0, 0): 0.9, (1, 0): 0.8, (2, 0): 0.7, (1, 1): 0.6, (1, 2): 0.5}
+    costs = [5, 1, 8]
+    assert deterministic_selection(scores, costs, 8, "stop") == [(0, 0), (1, 0)]
+    assert deterministic_selection(scores, costs, 8) == [(0, 0), (1, 0), (1, 1), (1, 2)]
+    with pytest.raises(ConfigError, match="fill"):
+        deterministic_selection(scores, costs, 8, "first")
+    with pytest.raises(ConfigError, match="fill"):
+        random_selection(list(scores), costs, 8, torch.Generator(), "greedy")
+
+
+def test_deterministic_selection_by_score() -> None:
     costs = [5, 1]
     scores = {(0, 0): 0.9, (1, 0): 0.8, (1, 1): 0.8, (0, 1): 0.1, (1, 2): 0.05}
-    assert deterministic_selection(scores, costs, 7) == [(0, 0), (1, 0), (1, 1)]
-    # (0, 1) overflows at 12 > 11: stop there, although (1, 2) would fit
-    assert deterministic_selection(scores, costs, 11) == [(0, 0), (1, 0), (1, 1)]
-    assert deterministic_selection(scores, costs, 3) == []  # top channel too costly: nothing
+    for fill in ("skip", "stop"):
+        assert deterministic_selection(scores, costs, 7, fill) == [(0, 0), (1, 0), (1, 1)]
+    # (0, 1) overflows at 12 > 11: stop ends there, skip passes over it and takes (1, 2)
+    assert deterministic_selection(scores, costs, 11, "stop") == [(0, 0), (1, 0), (1, 1)]
+    assert deterministic_selection(scores, costs, 11) == [(0, 0), (1, 0), (1, 1), (1, 2)]
+    # top channel too costly: stop takes nothing, skip takes the cheaper ones after it
+    assert deterministic_selection(scores, costs, 3, "stop") == []
+    assert deterministic_selection(scores, costs, 3) == [(1, 0), (1, 1), (1, 2)]
 
 
 def test_budget_below_cheapest_channel_is_a_budget_error() -> None:
@@ -232,14 +259,24 @@ def test_selection_properties(shapes: list, budget_fraction: float, seed: int) -
     sel = random_selection(pool, costs, budget, g)
     g.set_state(state)
     order = [pool[j] for j in torch.randperm(len(pool), generator=g).tolist()]
-    assert sel == order[: len(sel)]  # a prefix of the shuffled pool
-    assert sum(costs[i] for i, _ in sel) <= budget
-    if len(sel) < len(pool):  # stopped at the first channel that overflows
-        assert sum(costs[i] for i, _ in sel) + costs[order[len(sel)][0]] > budget
+    g.set_state(state)
+    stop = random_selection(pool, costs, budget, g, "stop")
+    assert stop == order[: len(stop)]  # stop: a prefix of the shuffled pool
+    if len(stop) < len(pool):  # stopped at the first channel that overflows
+        assert sum(costs[i] for i, _ in stop) + costs[order[len(stop)][0]] > budget
+    assert sel == _greedy(order, costs, budget, "skip")  # skip: in shuffled order
+    assert stop == sel[: len(stop)]  # skip only ever adds to what stop takes
+    used = sum(costs[i] for i, _ in sel)
+    assert used <= budget
+    # skip leaves no channel of the pool that would still fit
+    assert all(used + costs[i] > budget for i, c in set(pool) - set(sel))
     scores = {ch: float((ch[0] * 7919 + ch[1] * 104729 + seed) % 1000) for ch in pool}
+    ranked = sorted(pool, key=lambda ch: (-scores[ch], ch))
     det = deterministic_selection(scores, costs, budget)
+    assert det == _greedy(ranked, costs, budget, "skip")
     assert sum(costs[i] for i, _ in det) <= budget
-    assert det == sorted(pool, key=lambda ch: (-scores[ch], ch))[: len(det)]
+    det_stop = deterministic_selection(scores, costs, budget, "stop")
+    assert det_stop == ranked[: len(det_stop)]
     if budget >= total:
         assert sorted(sel) == pool and sorted(det) == pool
     metrics = sparsity_metrics(infos, sel)

@@ -21,7 +21,7 @@ from bench.errors import BenchError, ConfigError
 from bench.models import build_model
 from bench.pretrain import load_backbone, pretrain
 from bench.studies.tradyn.ranking import rank_layers
-from tests.conftest import TINY_STUDY, tiny_config
+from tests.conftest import TINY_STUDY, run_cli, tiny_config
 
 UPSTREAM = {"dataset": "synthetic", "epochs": 1,
             "data": {"image_size": 16}, "train": {"batch_size": 32}}
@@ -67,6 +67,10 @@ def test_pretrain_then_rank_layers_then_a_cell_starts_from_the_backbone(tmp_path
     out = tmp_path / "ranking.json"
     ranking = rank_layers(rspec, out)
     on_disk = json.loads(out.read_text())
+    # the workflow runs it as `python -m bench rank-layers`: a fresh process finds the stage
+    proc = run_cli("rank-layers", "--spec", json.dumps(rspec), "--out", str(tmp_path / "cli.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "cli.json").read_text())["layer_names"] == ranking["layer_names"]
     assert on_disk == json.loads(json.dumps(ranking))
     assert 0 < ranking["k"] <= ranking["n_layers"] == len(ranking["scores"])
     assert set(ranking["layer_names"]) <= set(ranking["scores"])

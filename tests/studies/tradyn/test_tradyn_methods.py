@@ -18,6 +18,7 @@ from bench.data import DeviceLoader
 from bench.errors import BudgetError, ConfigError
 from bench.methods import METHODS
 from bench.studies.tradyn import channels as C
+from bench.studies.tradyn import checks
 from bench.studies.tradyn.base import budget_units, example_input
 from bench.train import Checkpoint, build_run, fit, run_cell
 from tests.conftest import tiny_cell
@@ -32,8 +33,10 @@ STUDY = {
               "warmup_steps": 1},
     "data_options": {"synthetic": {"n_train": 96, "n_val": 32, "num_classes": 4}},
 }
-CHANNEL_METHODS = ["tradyn", "d_full_random", "d_det_rgn", "s_full_random", "s_det_rgn"]
+CHANNEL_METHODS = ["tradyn", "d_full_random", "d_det_rgn", "s_full_random", "s_det_rgn",
+                   "s_topk_random"]
 DYNAMIC = {"tradyn", "d_full_random", "d_det_rgn"}
+RANKED_POOL = {"tradyn", "s_topk_random"}  # read the layer ranking
 # two layers of the tiny MobileNetV2 with many cheap channels (240 x 13 and 240 x 44 units)
 RANKED = ["features.15.conv.1.0", "features.16.conv.2"]
 
@@ -134,9 +137,19 @@ def test_unconstrained_methods_run_only_without_a_budget(name):
 # ----------------------------------------------------------------------------- what moves
 
 
+def as_result(run):
+    """The parts of a result.json that checks.py reads."""
+    cfg = run.cfg
+    return {"axes": {"study": cfg["study"], "method": cfg["method"], "model": cfg["model"],
+                     "dataset": cfg["dataset"], "budget": str(cfg["budget"]),
+                     "seed": cfg["seed_index"]},
+            "status": run.status, "history": run.history,
+            "final": run.method.final_metrics(run)}
+
+
 @pytest.mark.parametrize("name", CHANNEL_METHODS)
 def test_selection_fits_the_budget_and_only_selected_slices_move(name, tmp_path):
-    options = {"ranking": "all"} if name == "tradyn" else None
+    options = {"ranking": "all"} if name in RANKED_POOL else None
     run = make_run(tmp_path, name, budget="20kB", options=options)  # 20,000 B = 5000 units
     records = trace(run)
     fit(run)
@@ -147,6 +160,9 @@ def test_selection_fits_the_budget_and_only_selected_slices_move(name, tmp_path)
         assert sel, "the budget fits some channels"
         assert h["budget_units"] == 5000.0
         assert 0 < h["selected_memory_units"] <= h["budget_units"]
+        # fill: skip fills the budget (channels cost 13..1284 units: within 13 of 5000)
+        assert h["budget_utilisation"] == h["selected_memory_units"] / 5000.0
+        assert h["budget_utilisation"] >= 0.99 and h["pool_taken"] == 0.0
         costs = C.layer_unit_costs(infos)
         assert h["selected_memory_units"] == sum(costs[i] for i, _ in sel)
         expected = C.sparsity_metrics(infos, sel)
@@ -169,7 +185,12 @@ def test_selection_fits_the_budget_and_only_selected_slices_move(name, tmp_path)
         sum(h["weight_sparsity"] for h in run.history) / 2)
     assert final["weight_sparsity"] == run.history[-1]["weight_sparsity"]
     assert 0.9 < final["mean_weight_sparsity"] < 1.0
-    # BatchNorm running statistics keep updating (train mode)
+    assert final["selection_mode"] == ("dynamic" if name in DYNAMIC else "static")
+    assert final["min_budget_utilisation"] >= 0.99
+    # the mechanism checks of a tiny run: budget used every epoch, reselection as declared
+    rows = checks.checks([as_result(run)])
+    assert {r.check for r in rows} == {"budget_used", "selection_dynamics"}
+    assert all(r.passed for r in rows), rows
     assert run.method.supports(run.cfg) == (True, "")
 
 
@@ -205,8 +226,13 @@ def test_last_layer_trains_only_the_classifier(tmp_path):
 # ----------------------------------------------------------------------------- RGN
 
 
-def test_d_det_rgn_selects_the_highest_rgn_channels_without_disturbing_training(tmp_path):
-    run = make_run(tmp_path, "d_det_rgn", options={"rgn_batches": 2})
+@pytest.mark.parametrize("batches", [None, 2])
+def test_d_det_rgn_selects_the_highest_rgn_channels_without_disturbing_training(batches,
+                                                                               tmp_path):
+    """Default: the full gradient over the whole training split (96 images, 3 batches);
+    option rgn_batches: the first batches only."""
+    options = {} if batches is None else {"rgn_batches": batches}
+    run = make_run(tmp_path, "d_det_rgn", options=options)
     method = run.method
     # the expected scores, computed independently on a copy of the model
     twin = copy.deepcopy(run.model)
@@ -214,8 +240,10 @@ def test_d_det_rgn_selects_the_highest_rgn_channels_without_disturbing_training(
     infos = C.conv_layers(twin, example_input(run))
     loader = DeviceLoader(run.data.train_x, run.data.train_y, 32, mean=run.data.mean,
                           std=run.data.std, shuffle=False, augment=False, generator=None)
-    for inputs, targets in islice(loader, 2):
-        (F.cross_entropy(twin(inputs), targets) / 2).backward()
+    n = len(run.data.train_y) if batches is None else 32 * batches
+    assert n == (96 if batches is None else 64)
+    for inputs, targets in islice(loader, batches):
+        (F.cross_entropy(twin(inputs), targets, reduction="sum") / n).backward()
     expected = C.channel_rgn(infos)
 
     params = [p.detach().clone() for p in run.model.parameters()]
@@ -235,9 +263,13 @@ def test_d_det_rgn_selects_the_highest_rgn_channels_without_disturbing_training(
     sel = set(method.selection)
     assert sel and sorted(sel) == sorted(
         C.deterministic_selection(expected, C.layer_unit_costs(infos), BUDGET))
-    # a prefix of the RGN order: every selected channel scores at least every unselected one
-    assert min(expected[ch] for ch in sel) >= max(
-        v for ch, v in expected.items() if ch not in sel)
+    # by descending RGN: an unselected channel that outscores a selected one did not fit
+    costs = C.layer_unit_costs(infos)
+    used = sum(costs[i] for i, _ in sel)
+    lowest = min(expected[ch] for ch in sel)
+    passed_over = [ch for ch, v in expected.items() if ch not in sel and v > lowest]
+    assert all(used + costs[ch[0]] > BUDGET for ch in passed_over)
+    assert used >= 0.99 * BUDGET
 
 
 # ----------------------------------------------------------------------------- ranking file
@@ -263,7 +295,9 @@ def test_tradyn_selects_only_from_the_ranked_layers(tmp_path):
         assert changed_channels(infos, rec) == set(rec["selection"])
         assert h["selected_memory_units"] <= BUDGET
     assert records[0]["selection"] != records[1]["selection"]
-    assert run.method.final_metrics(run)["pool_channels"] == sum(infos[i].c_in for i in ranked)
+    final = run.method.final_metrics(run)
+    assert final["pool_channels"] == sum(infos[i].c_in for i in ranked)
+    assert final["ranking_k"] == 2.0 and final["conv_layers"] == len(infos)
 
 
 def test_tradyn_rejects_a_ranking_for_another_model(tmp_path):
@@ -304,9 +338,9 @@ def _comparable(history):
     return [{k: h[k] for k in keys} for h in history]
 
 
-@pytest.mark.parametrize("name", ["tradyn", "s_full_random"])
+@pytest.mark.parametrize("name", ["tradyn", "s_topk_random"])
 def test_stop_after_epoch_one_and_resume_matches_an_uninterrupted_run(name, tmp_path):
-    kw = {"epochs": 3, "options": {"ranking": "all"} if name == "tradyn" else None}
+    kw = {"epochs": 3, "options": {"ranking": "all"} if name in RANKED_POOL else None}
     straight = make_run(tmp_path / "a", name, **kw)
     fit(straight)
 

@@ -1,0 +1,179 @@
+"""Fuzz the configuration: a mutated valid config is either refused with a ConfigError before
+any job (one line per problem, no traceback), or it is valid: its cells run.
+
+Each example mutates one to three places of a small valid config (set a value, delete a key,
+misspell a key, add an unknown key) with values a careless or hostile user might write: typos
+of real names, NaN and infinities, negatives and zeros, wrong types, duplicates, shell syntax.
+`bench validate` does what the test does before calling it valid (check_config +
+check_device); the Snakefile runs the same check before planning.
+
+An accepted config must run: its first cell trains one epoch (status ok, diverged, oom or
+skipped are all results). Width only scales memory and time, so the run caps it: a huge width
+would be an OOM result, not a crash, and the test stays fast. Derandomized (the same examples
+in every run) and bounded: well under a minute on 2 CPU cores. FUZZ_EXAMPLES=N runs more.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.config import check_config, check_device, plan, resolve_cell
+from bench.errors import ConfigError
+
+BASE: dict[str, Any] = {
+    "results": "results",
+    "data_root": "data",
+    "device": "cpu",
+    "threads": 1,
+    "tracking": {"enabled": False, "uri": None},
+    "report": {"title": "fuzz"},
+    "studies": {
+        "fz": {
+            "reference": "sgd",
+            "methods": ["sgd", "plain"],
+            "variants": {"plain": {"method": "sgd", "options": {"momentum": 0.0}}},
+            "models": ["resnet18_cifar"],
+            "datasets": ["synthetic"],
+            "budgets": ["none"],
+            "seeds": 2,
+            "epochs": 1,
+            "metrics": ["val_acc", "val_loss"],
+            "evaluation": {"metrics": ["fgsm_acc"], "adv_every": 1, "eps": 0.03,
+                           "adv_max_images": 16},
+            "train": {"batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                      "schedule": "cosine", "warmup_steps": 1, "label_smoothing": 0.0},
+            "data": {"image_size": 16, "augment": True, "crop_padding": 2, "flip": True,
+                     "train_subset": 64},
+            "data_options": {"synthetic": {"n_train": 96, "n_val": 32, "num_classes": 4}},
+            "model": {"width": 0.125},
+            "model_options": {"resnet18_cifar": {"width": 0.125}},
+            "method_options": {"sgd": {"momentum": 0.9}},
+        }
+    },
+}
+
+NAMES = ["sgd", "plain", "sgdd", "resnet18_cifar", "resnet181", "vgg16", "synthetic", "digits",
+         "cifar11", "none", "16MiB", "512", "val_acc", "val_ac", "fgsm_acc", "x$(touch pwned)",
+         "a b", "..", "", "cuda", "cuda:3", "auto", "cpu", "cosine", "step"]
+NUMBERS = [-1, 0, 1, 2, 3, 7, 16, 64, -0.5, 0.0, 1e-4, 0.5, 1.0, 3.0, math.nan, math.inf,
+           -math.inf, True, False, None]
+SCALARS = st.sampled_from(NAMES + NUMBERS) | st.text(max_size=6)
+VALUES = (SCALARS | st.lists(SCALARS, max_size=3)
+          | st.lists(SCALARS, min_size=1, max_size=1).map(lambda xs: xs * 2)  # duplicates
+          | st.dictionaries(st.sampled_from(NAMES[:8] + ["bogus"]), SCALARS, max_size=2))
+
+
+def paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a config: dict keys and list items, nested."""
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.append((*prefix, k))
+            out += paths(v, (*prefix, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.append((*prefix, i))
+            out += paths(v, (*prefix, i))
+    return out
+
+
+PLACES = paths(BASE)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[dict, list[str]]:
+    cfg = copy.deepcopy(BASE)
+    done = []
+    for _ in range(draw(st.integers(1, 3))):
+        place = draw(st.sampled_from(PLACES))
+        parent: Any = cfg
+        try:
+            for key in place[:-1]:
+                parent = parent[key]
+            parent[place[-1]]
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or replaced this place
+        key = place[-1]
+        op = draw(st.sampled_from(["set", "set", "set", "delete", "rename", "add"]))
+        if op == "set":
+            parent[key] = draw(VALUES)
+        elif op == "delete":
+            del parent[key]
+        elif op == "rename" and isinstance(parent, dict):
+            parent[draw(st.sampled_from([f"{key}s", f"{key}"[:-1] or "k", f"_{key}"]))] = (
+                parent.pop(key))
+        elif op == "add":
+            target = parent[key] if isinstance(parent[key], dict) else parent
+            if isinstance(target, dict):
+                target[draw(st.sampled_from(["bogus", "epoch", "lerning_rate"]))] = draw(VALUES)
+        done.append(f"{op} {'.'.join(map(str, place))}")
+    return cfg, done
+
+
+def accepted(cfg: dict) -> dict | None:
+    """What `bench validate` decides: the checked config, or None after a clean refusal."""
+    try:
+        checked = check_config(cfg)
+        check_device(checked)
+        return checked
+    except ConfigError as e:
+        text = str(e)
+        lines = text.splitlines()
+        assert text.strip() and "Traceback" not in text
+        assert all(line.startswith(("  - ", "  at ")) for line in lines[1:]), text
+        assert all(len(line) < 2000 for line in lines), text
+        return None
+
+
+def runs(cfg: dict) -> str:
+    """Train the first cell of an accepted config for one epoch; return its status."""
+    from bench.train import run_cell
+
+    cell = plan(cfg)[0]
+    resolved = resolve_cell(cfg, cell)
+    resolved["epochs"] = 1
+    width = resolved["model_options"].get("width", 1.0)
+    resolved["model_options"]["width"] = min(float(width), 0.125)  # memory/time only
+    with tempfile.TemporaryDirectory() as tmp:
+        resolved["data_root"] = tmp
+        result = run_cell(resolved, Path(tmp) / "result.json", tracker=None, threads=1)
+    return result["status"]
+
+
+@pytest.mark.slow
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
+          derandomize=True, suppress_health_check=[HealthCheck.too_slow,
+                                                   HealthCheck.data_too_large])
+@given(mutated())
+def test_a_mutated_config_is_refused_in_one_clear_line_or_runs(example):
+    cfg, mutations = example
+    checked = accepted(cfg)
+    if checked is None:
+        return
+    status = runs(checked)
+    assert status in ("ok", "diverged", "oom", "skipped"), (mutations, status)
+
+
+def test_the_base_config_is_valid_and_runs():
+    assert runs(check_config(copy.deepcopy(BASE))) == "ok"
+
+
+def test_a_last_batch_of_one_image_under_batchnorm_trains():
+    """33 images in batches of 32 leave one image; MobileNetV2's last BatchNorm sees it as 1x1
+    features (one value per channel), which BatchNorm cannot normalise: the loop skips it."""
+    from bench.faults import TINY_STUDY
+
+    study = {**copy.deepcopy(TINY_STUDY), "models": ["mobilenetv2"], "epochs": 1,
+             "model": {"width": 0.35},
+             "data_options": {"synthetic": {"n_train": 33, "n_val": 16, "num_classes": 4}}}
+    cfg = check_config({**copy.deepcopy(BASE), "studies": {"b1": study}})
+    assert runs(cfg) == "ok"
