@@ -1,10 +1,13 @@
 """Planning at scale (benchmarks/plan_scale.py measures it; these tests keep it correct): the
-cached cell resolver and the registry index give exactly the answers of the plain code, and
-`bench validate` imports no torch once the index is warm."""
+cached cell resolver and the registry index give exactly the answers of the plain code; the GPU
+check runs at smoke sizes on CPU."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -180,7 +183,8 @@ def test_the_gpu_check_runs_on_cpu_with_smoke_sizes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((out / "gpu_check.json").read_text())
     assert doc["smoke"] and doc["errors"] == {}
-    assert not any(doc["imported"][m] for m in ("snakemake", "mlflow", "pandas", "sklearn"))
+    # check_config validates claims files (bench.claims needs pandas); nothing else of the harness
+    assert not any(doc["imported"][m] for m in ("snakemake", "mlflow", "sklearn"))
     fp32, fast = doc["models"]
     assert (fp32["precision"], fast["precision"], fast["channels_last"]) == ("fp32", "bf16", True)
     for row in (fp32, fast):
