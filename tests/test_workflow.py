@@ -252,7 +252,7 @@ def test_tradyn_pretrain_ranking_cells_and_efficiency_table(smoke_run):
     ranking = json.loads(rankings[0].read_text())
     assert 0 < ranking["k"] <= ranking["n_layers"]
     cells = read_csv(results / "tradyn" / "tables" / "cells.csv")
-    assert len(cells) == 21 and {c["status"] for c in cells} == {"ok"}
+    assert len(cells) == 24 and {c["status"] for c in cells} == {"ok"}
     assert {c["budget"] for c in cells if c["method"] in ("full_ft", "last_layer")} == {"none"}
     for c in cells:
         if c["budget"] != "none":
