@@ -342,7 +342,10 @@ def _validate_margin(c: Mapping, where: str) -> None:
         except ValueError:
             raise ConfigError(f"{where}: margin {m!r} must be a number, from_runs or from_std"
                               ) from None
-    x = _number(c, "margin", where, minimum=0)
+    # A superiority claim's margin may be negative: method - versus > -m is non-inferiority
+    # ("maintains accuracy": not more than m worse), the reading a guard against a worse method
+    # needs; a better method must not fail it, as it would an equivalence band.
+    x = _number(c, "margin", where, minimum=None if kind == "superiority" else 0)
     if x == 0 and kind in ("value", "difference", "equivalence"):
         raise ConfigError(f"{where}: a {kind} claim needs a margin > 0 (no finite number of seeds "
                           "can show a mean equal to a number exactly); state the difference that "

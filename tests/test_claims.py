@@ -401,7 +401,8 @@ def test_every_claim_states_its_margin_and_its_origin(study):
         if c.get("not_testable") is not None:
             continue
         margin, origin = cl.claim_margin(c)
-        assert margin >= 0 and math.isfinite(margin), c["id"]
+        assert math.isfinite(margin), c["id"]
+        assert margin >= 0 or c["kind"] == "superiority", c["id"]  # < 0: non-inferiority
         assert origin.split(":")[0] in ("from_runs", "from_std", "explicit"), c["id"]
         assert len(origin) > 20, c["id"]  # says where it comes from
     for cfg_name in ("config.yaml", "paper.yaml", "smoke.yaml"):
@@ -519,3 +520,23 @@ def test_memory_claims_refuse_cells_run_in_another_precision():
     cells["precision"] = "fp32"
     (row,) = evaluate([mem], cells)
     assert not row["verdict"].startswith("not testable")
+
+
+def test_a_negative_superiority_margin_is_non_inferiority():
+    """margin -m on a superiority claim: method - versus > -m. A method clearly better than its
+    versus reads reproduced (an equivalence band would call it inconclusive or contradicted for
+    being better); one clearly more than m worse reads contradicted. Other kinds keep margin >= 0."""
+    rng = np.random.default_rng(3)
+    base = 0.9 + rng.normal(0, 0.01, 5)
+    noise = rng.normal(0, 0.002, 5)
+    nonin = claim(id="ni", kind="superiority", versus="b", margin=-0.01,
+                  margin_reason="not more than 1 point worse")
+    for shift, verdict in ((0.03, "reproduced"), (-0.002, "reproduced"), (-0.05, "contradicted")):
+        cells = cells_of("s", [("m", "d", "none")], {"a": base + shift + noise, "b": base})
+        (row,) = evaluate([nonin], cells)
+        assert row["verdict"] == verdict, (shift, row)
+    equiv = claim(id="eq", kind="equivalence", versus="b", margin=0.01, margin_reason="r")
+    cells = cells_of("s", [("m", "d", "none")], {"a": base + 0.03 + noise, "b": base})
+    assert evaluate([equiv], cells)[0]["verdict"] != "reproduced"
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        cl.validate_claims({"claims": [claim(kind="equivalence", versus="b", margin=-0.01)]})
