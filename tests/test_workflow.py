@@ -149,7 +149,7 @@ def test_second_run_executes_nothing_and_comments_rerun_nothing(smoke_run):
     assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
     commented = work / "commented.yaml"
     commented.write_text("# a comment that changes nothing\n" + cfg.read_text()
-                         .replace("epochs: 2", "epochs: 2   # still two"))
+                         .replace("epochs: 2", "epochs: 2   # still two", 1))
     proc = snakemake(work, "--configfile", str(commented), "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-2000:]
     # where results are mirrored is not what a cell computes: a new store reruns nothing
@@ -188,7 +188,7 @@ def test_unknown_name_stops_before_any_job(tmp_path):
     assert "unknown model 'resnet181'" in proc.stderr and "resnet18_cifar" in proc.stderr
     assert not (tmp_path / "results").exists(), "a job ran despite the bad config"
     typo = tmp_path / "typo.yaml"
-    typo.write_text(SMOKE.read_text().replace("epochs: 2", "epochs: 2\n    epoch: 3"))
+    typo.write_text(SMOKE.read_text().replace("epochs: 2", "epochs: 2\n    epoch: 3", 1))
     proc = snakemake(tmp_path, "--configfile", str(typo))
     assert proc.returncode != 0 and "epoch" in proc.stderr
     assert not (tmp_path / "results").exists()

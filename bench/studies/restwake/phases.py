@@ -136,7 +136,7 @@ def recompute_batchnorm(model: nn.Module, loader: DeviceLoader) -> int:
 class RestWakeBase(Method):
     """WAKE/REST epochs with a snapshot buffer; subclasses decide when to rest."""
 
-    metrics = ("rest_epochs", "wake_epochs", "rest_fraction")
+    metrics = ("rest_epochs", "wake_epochs", "rest_fraction", "last_phase")
     defaults: dict[str, Any] = {
         "buffer_capacity": 3,  # K: snapshots kept in M [ours]
         "buffer_device": "host",  # host | device: where M lives (device memory counts in the peak)
