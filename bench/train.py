@@ -10,6 +10,7 @@ OOM and divergence recorded as statuses, measurement, MLflow mirroring and an at
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import io
 import json
 import math
@@ -360,11 +361,11 @@ def provenance(device: torch.device, threads: int) -> dict[str, Any]:
 
     sha = git("rev-parse", "HEAD")
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    try:  # a bare GPU box (benchmarks/gpu_check.py) may lack torchvision
-        import torchvision
-
-        vision = torchvision.__version__
-    except ImportError:
+    # The installed version, read without importing torchvision (3 s: it imports torch._dynamo);
+    # no model needs it, and a bare GPU box (benchmarks/gpu_check.py) may lack it.
+    try:
+        vision = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
         vision = None
     cuda = device.type == "cuda"
     return {

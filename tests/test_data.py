@@ -299,6 +299,45 @@ def test_digits_pixels_are_scaled_then_resized_then_rounded() -> None:
     assert native.val_x.max() == 255
 
 
+
+def test_digits_cache_is_written_once_and_a_planted_or_corrupt_one_is_replaced(
+    tmp_path, monkeypatch
+) -> None:
+    """The cache that spares each cell scikit-learn's import gives what scikit-learn gives;
+    a file with other content (planted labels, a truncated write) is ignored and rewritten."""
+    import bench.data.digits as digits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = digits.cache_path()
+    assert not path.exists()
+    fresh = load_dataset("digits", {"image_size": None}, "unused")  # scikit-learn, then cached
+    assert path.is_file() and path.parent == tmp_path / "memrepro"
+    cached = load_dataset("digits", {"image_size": None}, "unused")
+    assert torch.equal(fresh.train_x, cached.train_x) and torch.equal(fresh.val_y, cached.val_y)
+
+    good = dict(np.load(path))
+    planted = {**good, "labels": (good["labels"] + 1) % 10}  # every label shifted
+    np.savez(path.with_suffix(".tmp.npz"), **planted)
+    path.with_suffix(".tmp.npz").replace(path)
+    assert digits._from_cache(path) is None
+    again = load_dataset("digits", {"image_size": None}, "unused")
+    assert torch.equal(again.train_y, fresh.train_y)
+    assert digits._from_cache(path) is not None  # rewritten with the right content
+
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    assert digits._from_cache(path) is None
+    assert torch.equal(load_dataset("digits", {}, "unused").val_y, fresh.val_y)
+
+
+def test_digits_loads_when_the_cache_cannot_be_written(tmp_path, monkeypatch) -> None:
+    import bench.data.digits as digits
+
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # memrepro/ cannot be made under a file
+    splits = load_dataset("digits", {}, "unused")
+    assert splits.n_train == 1437 and not digits.cache_path().exists()
+
 # --------------------------------------------------------------------------------------------
 # synthetic
 # --------------------------------------------------------------------------------------------
