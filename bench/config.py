@@ -209,10 +209,14 @@ def method_impl(study_cfg: dict, label: str) -> tuple[str, dict]:
     return variant["method"], dict(variant.get("options") or {})
 
 
-def check_config(cfg: dict) -> dict:
+def check_config(cfg: dict, deep: bool = True) -> dict:
     """Validate structure, names and options; return the config with defaults filled in.
 
-    Every problem found is reported at once, each with the valid choices.
+    Every problem found is reported at once, each with the valid choices. `deep=False` skips
+    the checks that need torch and SciPy (claims files; model, dataset and metric checks on the
+    meta device), which change nothing in the returned config: for a process re-reading a
+    config its workflow already checked in full (a cluster job step), where those imports
+    would cost each job about 5 s of CPU.
     """
     if not isinstance(cfg, dict):
         raise ConfigError("the configuration must be a mapping (a YAML document of key: value)")
@@ -280,7 +284,8 @@ def check_config(cfg: dict) -> dict:
                 if name not in labels:
                     problems.append(f"{where}.comparisons: '{name}' is not one of the study's "
                                     f"methods ({', '.join(labels)})")
-        problems.extend(_claims_problems(study, s))
+        if deep:
+            problems.extend(_claims_problems(study, s))
         budgets = [*(s.get("budgets") or []), *(b for bs in (s.get("method_budgets") or {}).values()
                                                 for b in bs)]
         for budget in {budget_label(b) for b in budgets}:
@@ -298,7 +303,7 @@ def check_config(cfg: dict) -> dict:
                     problems.append(f"{at}: {', '.join(map(repr, values))} name the budget(s) "
                                     f"{', '.join(twice)} more than once (the same cells twice); "
                                     f"list each budget once")
-        if problems:
+        if problems or not deep:
             continue  # the checks below build models and read options the ones above vetted
         problems += _component_problems(study, s)
     cat.save()

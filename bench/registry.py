@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -131,9 +132,23 @@ def source_fingerprint() -> str:
 
 
 def index_path() -> Path:
+    """One index per checkout (its folder's path, hashed): two clones on one machine (CI's,
+    a test's fresh clone, a user's second worktree) would otherwise rebuild each other's."""
     root = os.environ.get(CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "memrepro")
-    return Path(root) / "registry-index.json"
+    checkout = hashlib.sha256(str(Path(__file__).resolve().parent.parent).encode())
+    return Path(root) / f"registry-index-{checkout.hexdigest()[:12]}.json"
+
+
+def _prune_indexes(keep: Path, max_age_s: float = 7 * 86400) -> None:
+    """Drop other checkouts' indexes unused for a week (clones come and go)."""
+    now = time.time()
+    for other in keep.parent.glob("registry-index*.json"):
+        try:
+            if other != keep and now - other.stat().st_mtime > max_age_s:
+                other.unlink()
+        except OSError:
+            pass
 
 
 def _live_loaded() -> bool:
@@ -235,6 +250,7 @@ class Catalog:
             tmp.write_text(json.dumps(self._index))
             os.replace(tmp, path)
             self._dirty = False
+            _prune_indexes(path)
         except OSError:
             tmp.unlink(missing_ok=True)
 

@@ -27,9 +27,11 @@ from bench.errors import ConfigError
 
 
 # Schema, names, options, shapes: every bad input stops here, before any job, in one line per
-# problem (check_config validates against config/schema/config.schema.yaml itself).
+# problem (check_config validates against config/schema/config.schema.yaml itself). A cluster
+# job step re-reads the config its main process checked in full: there the checks that import
+# torch and SciPy are skipped (deep=False returns the same config).
 try:
-    CONFIG = check_config(config)
+    CONFIG = check_config(config, deep=workflow.is_main_process)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 

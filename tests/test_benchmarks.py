@@ -32,7 +32,9 @@ def index_mode(tmp_path, monkeypatch):
     monkeypatch.delenv(registry.INDEX_ENV, raising=False)
     monkeypatch.setattr(registry, "_live_loaded", lambda: False)
     monkeypatch.setattr(registry, "_CATALOG", None)
-    return tmp_path / "cache" / "registry-index.json"
+    path = registry.index_path()
+    assert path.parent == tmp_path / "cache"
+    return path
 
 
 def test_the_resolver_gives_every_cell_what_resolve_cell_gives():
