@@ -1647,6 +1647,8 @@ def save_figure(figure: Figure, study: str, figures_dir: Path) -> FigureView:
         pdf, png = figures_dir / f"{stem}.pdf", figures_dir / f"{stem}.png"
         # No dates in the files: the same tables give the same bytes.
         figure.fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None})
+        # The layout the PDF's draw computed holds for the PNG: not solved a second time.
+        figure.fig.set_layout_engine("none")
         figure.fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None})
     data = png.read_bytes()
     view.png_b64 = base64.b64encode(data).decode("ascii")
