@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +285,11 @@ def check_config(cfg: dict, deep: bool = True) -> dict:
                     problems.append(f"{where}.comparisons: '{name}' is not one of the study's "
                                     f"methods ({', '.join(labels)})")
         if deep:
-            problems.extend(_claims_problems(study, s))
+            claims = claims_path(study)
+            claims_text = claims.read_bytes() if claims and claims.is_file() else None
+            problems.extend(cat.remembered(
+                "claims", [study, s, hashlib.sha256(claims_text or b"").hexdigest()],
+                partial(_claims_problems, study, s)))
         budgets = [*(s.get("budgets") or []), *(b for bs in (s.get("method_budgets") or {}).values()
                                                 for b in bs)]
         for budget in {budget_label(b) for b in budgets}:
@@ -305,7 +309,8 @@ def check_config(cfg: dict, deep: bool = True) -> dict:
                                     f"list each budget once")
         if problems or not deep:
             continue  # the checks below build models and read options the ones above vetted
-        problems += _component_problems(study, s)
+        problems += cat.remembered("components", [study, s],
+                                   partial(_component_problems, study, s))
     cat.save()
     if problems:
         raise_problems(problems)

@@ -236,6 +236,20 @@ class Catalog:
             raise ConfigError(answer["error"])
         return json.loads(_canonical(answer["ok"]))  # a fresh copy for the caller
 
+    def remembered(self, kind: str, key: Any, compute: Callable[[], list[str]]) -> list[str]:
+        """`compute()`, a list of problems that is a pure function of the source and of `key`
+        (check_config's claims and model/dataset checks, which import torch and SciPy),
+        answered from the index when this source has answered it before."""
+        if self._live:
+            return compute()
+        memo = self._index.setdefault("checks", {})
+        digest = kind + ":" + hashlib.sha256(_canonical(key).encode()).hexdigest()
+        answer = memo.get(digest)
+        if answer is None:
+            answer = memo[digest] = [str(p) for p in compute()]
+            self._dirty = True
+        return list(answer)
+
     def save(self) -> None:
         """Write what this process learnt back to the index (atomically; best effort: the
         index is a cache, so an unwritable cache folder only costs the next run time)."""
@@ -243,6 +257,8 @@ class Catalog:
             return
         if sum(len(m) for m in self._index["options"].values()) > MAX_OPTION_SETS:
             self._index["options"] = {}
+        if len(self._index.get("checks", {})) > MAX_OPTION_SETS:
+            self._index["checks"] = {}
         path = index_path()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

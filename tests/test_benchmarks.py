@@ -130,6 +130,51 @@ def test_a_config_checked_from_the_index_equals_one_checked_from_the_registries(
         assert check_config(cfg) == from_index
 
 
+def test_checks_answered_before_are_read_from_the_index_without_torch(
+        index_mode, tmp_path, monkeypatch):
+    """check_config's claims and model/dataset checks (torch, SciPy) are remembered per source
+    and study config: a second process gives the same config and the same problems, importing
+    neither; a changed claims file is checked anew."""
+    good = load_config([ROOT / "config" / "smoke.yaml"])
+    bad = json.loads(json.dumps(good))
+    bad["studies"]["baseline"]["metrics"] = ["val_acc", "val_acuracy"]
+    expected = {"good": json.loads(json.dumps(check_config(good)))}
+    with pytest.raises(ConfigError) as e:
+        check_config(bad)
+    expected["bad"] = str(e.value)
+    assert "val_acuracy" in expected["bad"]
+    code = (
+        "import json, sys\n"
+        "from bench.config import check_config\n"
+        "from bench.errors import ConfigError\n"
+        "out = {'good': check_config(json.loads(sys.argv[1]))}\n"
+        "try:\n    check_config(json.loads(sys.argv[2]))\n"
+        "except ConfigError as e:\n    out['bad'] = str(e)\n"
+        "out['heavy'] = sorted({'torch', 'scipy'} & set(sys.modules))\n"
+        "print(json.dumps(out))\n")
+    env = {**os.environ, registry.CACHE_ENV: str(index_mode.parent)}
+    env.pop(registry.INDEX_ENV, None)
+    run = subprocess.run([sys.executable, "-c", code, json.dumps(good), json.dumps(bad)],
+                         capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+    out = json.loads(run.stdout)
+    assert out.pop("heavy") == []
+    assert out == expected
+    memo = json.loads(index_mode.read_text())["checks"]
+    assert any(k.startswith("claims:") for k in memo) and any(
+        k.startswith("components:") for k in memo)
+
+    import bench.config as config_module
+
+    real = config_module.claims_path
+    edited = tmp_path / "claims.yaml"
+    edited.write_text(real("neuroflux").read_text().replace("versus: backprop",
+                                                            "versus: nosuchmethod"))
+    monkeypatch.setattr(config_module, "claims_path",
+                        lambda study: edited if study == "neuroflux" else real(study))
+    with pytest.raises(ConfigError, match="nosuchmethod"):
+        check_config(good)
+
+
 def test_speed_options_are_off_by_default_and_leave_the_config_hash_alone(tmp_path):
     from tests.conftest import tiny_cell
 
