@@ -305,7 +305,7 @@ def test_digits_cache_is_written_once_and_a_planted_or_corrupt_one_is_replaced(
 ) -> None:
     """The cache that spares each cell scikit-learn's import gives what scikit-learn gives;
     a file with other content (planted labels, a truncated write) is ignored and rewritten."""
-    import bench.data.digits as digits
+    from bench.data import digits
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = digits.cache_path()
@@ -330,7 +330,7 @@ def test_digits_cache_is_written_once_and_a_planted_or_corrupt_one_is_replaced(
 
 
 def test_digits_loads_when_the_cache_cannot_be_written(tmp_path, monkeypatch) -> None:
-    import bench.data.digits as digits
+    from bench.data import digits
 
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
