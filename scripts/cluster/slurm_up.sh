@@ -123,11 +123,29 @@ lap "slurmdbd"
 # ---- controller + node -----------------------------------------------------------------
 slurmctld
 wait_for 30 test -s "$S/slurmctld.pid"; cp "$S/slurmctld.pid" "$PIDS/slurmctld.pid"
-slurmd -N localhost
-wait_for 30 test -s "$S/slurmd.pid"; cp "$S/slurmd.pid" "$PIDS/slurmd.pid"
-wait_for 60 bash -c '[ "$(sinfo -h -n localhost -o %T)" = idle ]' || {
-  scontrol update nodename=localhost state=resume || true
-  wait_for 30 bash -c '[ "$(sinfo -h -n localhost -o %T)" = idle ]'; }
+start_slurmd() {
+  rm -f "$S/slurmd.pid"
+  slurmd -N localhost
+  wait_for 30 test -s "$S/slurmd.pid"; cp "$S/slurmd.pid" "$PIDS/slurmd.pid"
+}
+node_idle() { [ "$(sinfo -h -n localhost -o %T)" = idle ]; }
+diagnose() { # what a failed bring-up leaves for whoever reads the CI log
+  echo "---- node state: $(sinfo -h -n localhost -o '%T (%E)' 2>&1)"
+  scontrol show node localhost 2>&1 | sed 's/^/  /'
+  alive "$PIDS/slurmd.pid" && echo "---- slurmd is running" || echo "---- slurmd is NOT running"
+  for f in slurmd slurmctld; do echo "---- $S/log/$f.log (last 25 lines)"; tail -25 "$S/log/$f.log" 2>&1; done
+}
+start_slurmd
+# A node that has not registered in 60 s: show why, then restart slurmd once (a drained or
+# down node is resumed; "Invalid node state" from resume means it never registered).
+if ! wait_for 60 node_idle; then
+  diagnose >&2
+  echo "slurm_up: the node is not idle after 60 s; restarting slurmd once" >&2
+  stop_pidfile slurmd "$PIDS/slurmd.pid"
+  start_slurmd
+  scontrol update nodename=localhost state=resume 2>/dev/null || true
+  wait_for 60 node_idle || { diagnose >&2; die "the node never became idle; see $S/log/"; }
+fi
 wait_for 60 sacct -n
 lap "slurmctld + slurmd idle"
 
