@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Cluster test: a one-node Slurm cluster and an MLflow server on PostgreSQL, the smoke
-# configuration through `--executor slurm` (profiles/slurm), every result, table, report and
-# MLflow run checked (`bench verify`), the Slurm faults injected (`bench faults`), and
+# configuration with one seed (config/cluster.yaml: every study, method and rule, 19 cells)
+# through `--executor slurm` (profiles/slurm), every result, table, report and MLflow run
+# checked (`bench verify`), the faults that need the cluster injected (`bench faults`), and
 # everything this script started torn down again, whatever happens.
 #
-#   sudo bash scripts/cluster/test.sh          # Debian 12, root; ~10-15 min on 2 cores
+#   sudo bash scripts/cluster/test.sh          # Debian 12, root; ~10 min on 2 cores
 #
 #   MEMREPRO_CLUSTER_FAULTS  faults to inject on the cluster (default: scancel_job concurrent_32)
 #   MEMREPRO_CLUSTER_KEEP=1  leave the cluster up afterwards (then run slurm_down.sh,
@@ -32,19 +33,20 @@ bash "$HERE/mlflow_up.sh"
 export MLFLOW_TRACKING_URI
 lap "cluster up"
 
+CONFIGS=("$ROOT/config/smoke.yaml" "$ROOT/config/cluster.yaml")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/memrepro-cluster-test.XXXXXX")
 echo "smoke configuration on Slurm in $WORK, tracking on $MLFLOW_TRACKING_URI"
 # `timeout -k`: snakemake ignores a plain SIGTERM while it has jobs in the queue
 cd "$WORK"
 START=$(date +%Y-%m-%dT%H:%M:%S)
 timeout -k 10 "${MEMREPRO_SMOKE_TIMEOUT:-2400}" snakemake --snakefile "$ROOT/Snakefile" \
-  --workflow-profile "$ROOT/profiles/slurm" --configfile "$ROOT/config/smoke.yaml" \
+  --workflow-profile "$ROOT/profiles/slurm" --configfile "${CONFIGS[@]}" \
   --jobs 4 --latency-wait 5 --slurm-init-seconds-before-status-checks 5 \
   > "$WORK/snakemake.log" 2>&1 || { tail -40 "$WORK/snakemake.log"; die "the smoke run failed; log: $WORK/snakemake.log"; }
 lap "smoke run on Slurm"
 
 # every cell went through Slurm and ended COMPLETED
-cells=$(cd "$ROOT" && python3 -m bench plan --configfile config/smoke.yaml | wc -l)
+cells=$(python3 -m bench plan --configfile "${CONFIGS[@]}" | wc -l)
 jobs=$(grep -c "has been submitted with SLURM jobid" "$WORK/snakemake.log" || true)
 bad=$(sacct -X -n -P -S "$START" -o JobID,JobName,State | grep -v "|COMPLETED$" || true)
 echo "$cells cells planned; $jobs Slurm jobs submitted"
@@ -52,7 +54,7 @@ echo "$cells cells planned; $jobs Slurm jobs submitted"
 [ -z "$bad" ] || die "Slurm jobs that did not complete: $bad"
 
 # results, tables, report and one MLflow run per cell on the PostgreSQL-backed server
-(cd "$WORK" && python3 -m bench verify --configfile "$ROOT/config/smoke.yaml" --status ok)
+(cd "$WORK" && python3 -m bench verify --configfile "${CONFIGS[@]}" --status ok)
 lap "results, tables, report, MLflow runs verified"
 
 # faults that need the cluster: a cancelled job, 32 cells against the server at once
