@@ -33,6 +33,19 @@ def test_shipped_configs_are_valid(name):
     assert plan(cfg), "a shipped config plans no cells"
 
 
+def test_the_cluster_overlay_keeps_every_study_method_and_budget_of_smoke_once():
+    """scripts/cluster/test.sh runs smoke.yaml + cluster.yaml: one seed of every smoke cell."""
+    smoke = check_config(load_config([ROOT / "config" / "smoke.yaml"]))
+    both = check_config(load_config([ROOT / "config" / "smoke.yaml",
+                                     ROOT / "config" / "cluster.yaml"]))
+
+    def kinds(cells):
+        return {(c.study, c.method, c.model, c.dataset, c.budget) for c in cells}
+
+    assert kinds(plan(both)) == kinds(plan(smoke))
+    assert {c.seed for c in plan(both)} == {0} and len(plan(both)) == len(kinds(plan(smoke)))
+
+
 @pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml"])
 def test_a_job_steps_shallow_check_gives_the_same_config_without_torch(name):
     """deep=False (a cluster job step re-reading its checked config) changes nothing in the
