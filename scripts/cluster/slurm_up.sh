@@ -129,11 +129,13 @@ start_slurmd() {
   wait_for 30 test -s "$S/slurmd.pid"; cp "$S/slurmd.pid" "$PIDS/slurmd.pid"
 }
 node_idle() { [ "$(sinfo -h -n localhost -o %T)" = idle ]; }
-diagnose() { # what a failed bring-up leaves for whoever reads the CI log
+diagnose() { # what a failed bring-up leaves for whoever reads the CI log (never fails itself)
   echo "---- node state: $(sinfo -h -n localhost -o '%T (%E)' 2>&1)"
-  scontrol show node localhost 2>&1 | sed 's/^/  /'
-  alive "$PIDS/slurmd.pid" && echo "---- slurmd is running" || echo "---- slurmd is NOT running"
-  for f in slurmd slurmctld; do echo "---- $S/log/$f.log (last 25 lines)"; tail -25 "$S/log/$f.log" 2>&1; done
+  { scontrol show node localhost 2>&1 | sed 's/^/  /'; } || true
+  if alive "$PIDS/slurmd.pid"; then echo "---- slurmd is running"; else echo "---- slurmd is NOT running"; fi
+  for f in slurmd slurmctld; do
+    echo "---- $S/log/$f.log (last 25 lines)"; tail -25 "$S/log/$f.log" 2>&1 || true
+  done
 }
 start_slurmd
 # A node that has not registered in 60 s: show why, then restart slurmd once (a drained or
