@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -50,15 +53,12 @@ def test_the_cluster_overlay_keeps_every_study_method_and_budget_of_smoke_once()
 def test_a_job_steps_shallow_check_gives_the_same_config_without_torch(name):
     """deep=False (a cluster job step re-reading its checked config) changes nothing in the
     config, hence in any cell's hash, and imports neither torch nor SciPy."""
-    import json
-    import subprocess
-    import sys
-
     path = ROOT / "config" / name
     deep = check_config(load_config([path]))
     code = ("import json, sys; from bench.config import check_config, load_config; "
             f"cfg = check_config(load_config([{str(path)!r}]), deep=False); "
             "print(json.dumps({'cfg': cfg, 'heavy': sorted({'torch', 'scipy'} & set(sys.modules))}))")
+
     def shallow() -> dict:
         return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
                                          text=True, check=True, cwd=ROOT).stdout)
@@ -69,7 +69,7 @@ def test_a_job_steps_shallow_check_gives_the_same_config_without_torch(name):
     assert out["cfg"] == json.loads(json.dumps(deep))
 
 
-def test_a_bad_claim_or_model_shape_is_caught_by_the_deep_check_only():
+def test_an_unknown_metric_is_caught_by_the_deep_check_only():
     cfg = cfg_with(metrics=["val_acc", "val_acuracy"])
     check_config(copy.deepcopy(cfg), deep=False)  # what only the main process checks
     with pytest.raises(ConfigError, match="val_acuracy"):

@@ -299,7 +299,6 @@ def test_digits_pixels_are_scaled_then_resized_then_rounded() -> None:
     assert native.val_x.max() == 255
 
 
-
 def test_digits_cache_is_written_once_and_a_planted_or_corrupt_one_is_replaced(
     tmp_path, monkeypatch
 ) -> None:
