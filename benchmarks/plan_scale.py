@@ -11,6 +11,9 @@ child process); the two sides of each comparison run alternately, so a busy mach
                   constants: what Snakemake itself needs for that many jobs
   nothing to do   `snakemake -n` on the default config with every output present and recorded
                   (`snakemake --touch`), so there is nothing to run
+  bare N jobs     Snakemake alone: a Snakefile with as many jobs as the large plan has cells,
+                  each with an output path and nothing else (no input, params, log, conda):
+                  below this no one-job-per-cell workflow can plan, whatever its rules do
   floor, nothing  the same for the generated Snakefile of the default config's DAG
   validate        `python -m bench validate` on the default config (registry index warm)
 
@@ -215,6 +218,33 @@ rule report:
 '''
 
 
+BARE_SNAKEFILE = '''
+# Snakemake alone: as many jobs as the plan has cells, each with nothing but an output path
+# (no input, params, log, resources or conda line): what any one-job-per-cell DAG costs.
+N = int(config["n"])
+CELLS = [f"r/study{i % 4}/cells/m{i % 8}/model/data/none/s{i}" for i in range(N)]
+
+
+rule all:
+    input:
+        [f"{c}/result.json" for c in CELLS],
+
+
+rule train:
+    output:
+        "r/{study}/cells/{method}/{model}/{dataset}/{budget}/s{seed}/result.json",
+    shell:
+        "true"
+'''
+
+
+def write_bare(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    snakefile = folder / "Snakefile"
+    snakefile.write_text(BARE_SNAKEFILE)
+    return snakefile
+
+
 def write_floor(folder: Path, cfg: dict) -> tuple[Path, Path]:
     """The floor Snakefile for `cfg`'s DAG and the JSON tables it reads."""
     tables = dag_tables(cfg)
@@ -269,6 +299,7 @@ def main() -> None:
     (work / "small.yaml").write_text(yaml.safe_dump(small))
     floor_small, dag_small = write_floor(work / "floor-small", {
         **small, "results": str(work / "floor-done-results")})
+    bare_big = write_bare(work / "bare-big")
     print(f"plan_scale: {n_big} cells; scratch {work}", file=sys.stderr)
     # every Snakemake run works in the scratch folder (its .snakemake/ metadata stays there)
     where = ["--directory", str(work)]
@@ -281,6 +312,8 @@ def main() -> None:
         "plan_big": snakemake("-n", "--quiet", *real, "--configfile", str(work / "big.yaml")),
         "floor_big": snakemake("-n", "--quiet", "-s", str(floor_big), *where, *profile,
                                "--config", f"dag={dag_big}"),
+        "bare_big": snakemake("-n", "--quiet", "-s", str(bare_big), "--directory",
+                              str(work / "bare-big"), "--config", f"n={n_big}"),
         "nothing": snakemake("-n", *real, "--configfile", str(work / "small.yaml")),
         "floor_nothing": snakemake("-n", "-s", str(floor_small), *where, *profile, "--config",
                                    f"dag={dag_small}"),
@@ -302,6 +335,8 @@ def main() -> None:
 
     rows = [
         (f"`snakemake -n`, {n_big} cells, nothing run yet", "plan_big", "floor_big", 15.0),
+        (f"`snakemake -n`, {n_big} bare jobs (an output path each, nothing else)",
+         "bare_big", None, None),
         ("`snakemake -n`, default config, nothing to do", "nothing", "floor_nothing", 4.0),
         ("`python -m bench validate`, default config", "validate", None, None),
     ]
