@@ -494,11 +494,14 @@ def test_study_config_declares_comparisons_and_primary_endpoints(tmp_path, capsy
     from bench.cli import main
 
     cfg = load_config([ROOT / "config" / "config.yaml"])
-    cfg["studies"]["tradyn"]["comparisons"] = [["tradyn", "s_det_rgn"]]
+    cfg["studies"]["tradyn"]["comparisons"] = [["tradyn", "s_topk_random"]]
     cfg["studies"]["tradyn"]["primary_endpoints"] = ["val_acc"]
-    assert check_config(cfg)["studies"]["tradyn"]["comparisons"] == [["tradyn", "s_det_rgn"]]
-    cfg["studies"]["tradyn"]["comparisons"] = [["tradyn", "s_dte_rgn"]]
-    with pytest.raises(ConfigError, match="comparisons: 's_dte_rgn' is not one of the study's"):
+    assert check_config(cfg)["studies"]["tradyn"]["comparisons"] == [["tradyn", "s_topk_random"]]
+    cfg["studies"]["tradyn"]["comparisons"] = [["tradyn", "s_tpok_random"]]
+    with pytest.raises(ConfigError, match="comparisons: 's_tpok_random' is not one of the study's"):
+        check_config(cfg)
+    cfg["studies"]["tradyn"]["comparisons"] = [["tradyn", "s_det_rgn"]]  # registered, not run
+    with pytest.raises(ConfigError, match="comparisons: 's_det_rgn' is not one of the study's"):
         check_config(cfg)
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
