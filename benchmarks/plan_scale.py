@@ -221,7 +221,7 @@ rule report:
 BARE_SNAKEFILE = '''
 # Snakemake alone: as many jobs as the plan has cells, each with nothing but an output path
 # (no input, params, log, resources or conda line): what any one-job-per-cell DAG costs.
-N = int(config["n"])
+N = int(config["cells"])
 CELLS = [f"r/study{i % 4}/cells/m{i % 8}/model/data/none/s{i}" for i in range(N)]
 
 
@@ -313,7 +313,7 @@ def main() -> None:
         "floor_big": snakemake("-n", "--quiet", "-s", str(floor_big), *where, *profile,
                                "--config", f"dag={dag_big}"),
         "bare_big": snakemake("-n", "--quiet", "-s", str(bare_big), "--directory",
-                              str(work / "bare-big"), "--config", f"n={n_big}"),
+                              str(work / "bare-big"), "--config", f"cells={n_big}"),
         "nothing": snakemake("-n", *real, "--configfile", str(work / "small.yaml")),
         "floor_nothing": snakemake("-n", "-s", str(floor_small), *where, *profile, "--config",
                                    f"dag={dag_small}"),
