@@ -188,10 +188,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         root = args.artifact_root or os.environ.get("MEMREPRO_ARTIFACT_ROOT")
         tracker = Tracker(uri, Path(root) if root else None)
+    threads = _config_threads(cfg.get("threads"), args.threads, "cell")
     with cell_lock(Path(args.out).parent):
         result = _finished_result(cfg, Path(args.out))
         if result is None:
-            result = run_cell(cfg, Path(args.out), tracker=tracker, threads=args.threads)
+            result = run_cell(cfg, Path(args.out), tracker=tracker, threads=threads)
         used = Path(args.cell[1:]) if args.cell.startswith("@") else None
         if used is not None and used.name.startswith("config-") and (
                 used.parent.resolve() == Path(args.out).parent.resolve()):
@@ -199,6 +200,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             drop_other_cell_configs(used)  # the workflow's: one config file per result
     return 0 if result["status"] in ("ok", "oom", "diverged", "skipped") else 1
+
+
+def _config_threads(configured: Any, granted: int | None, what: str) -> int:
+    """The torch threads a job runs with: the config's `threads`, whatever `--threads` says.
+
+    `--threads` is what Snakemake granted the job, which is less than the config's under a
+    smaller `--cores` (`threads: 2` under `--cores 1` is granted 1). A CPU result depends on
+    the thread count (torch splits reductions by it) and the config hash does not hold it,
+    so a job that ran on the grant would give other numbers under the same hash and record
+    the config's count. Running the config's count keeps a result a function of the config
+    alone, wherever and under whatever `--cores` it runs: a smaller grant only makes the job
+    slower (its threads share the cores). A pretrain or ranking spec holds `threads` only
+    when the config's is not 1 (`bench.config.pretrain_spec`): without it, 1."""
+    threads = int(configured) if configured is not None else 1
+    if granted is not None and granted != threads:
+        print(f"note: this {what} runs with the config's threads: {threads}, not the "
+              f"{granted} Snakemake granted (--cores): a CPU result depends on the thread "
+              f"count, and the config decides it so that results stay reproducible; set "
+              f"`threads` to the cores a job should take", file=sys.stderr, flush=True)
+    return threads
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -290,7 +311,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from bench.pretrain import pretrain
 
     spec = _read_json_arg(args.spec, "--spec")
-    pretrain(spec, Path(args.out), threads=args.threads or 1, device=args.device)
+    threads = _config_threads(spec.get("threads"), args.threads, "pretraining")
+    pretrain(spec, Path(args.out), threads=threads, device=args.device)
     print(f"pretrained {spec['model']} on {spec['dataset']}: {args.out}", file=sys.stderr)
     return 0
 
@@ -302,7 +324,9 @@ def cmd_rank_layers(args: argparse.Namespace) -> int:
     studies.load()  # studies register their upstream stages
 
     spec = _read_json_arg(args.spec, "--spec")
-    ranking = UPSTREAM_STAGES.get("rank_layers")(spec, Path(args.out), threads=args.threads or 1, device=args.device)
+    threads = _config_threads(spec.get("threads"), args.threads, "layer ranking")
+    ranking = UPSTREAM_STAGES.get("rank_layers")(spec, Path(args.out), threads=threads,
+                                                 device=args.device)
     print(f"ranking: top-{ranking['k']} of {ranking['n_layers']} layers -> {args.out}",
           file=sys.stderr)
     return 0

@@ -642,7 +642,17 @@ def pretrain_spec(cfg: dict, study: str, model: str) -> dict | None:
         "train": deep_merge(deep_merge(TRAIN_DEFAULTS, s.get("train") or {}), p.get("train") or {}),
         "seed": derive_seed(study, model, f"pretrain:{p['dataset']}", 0),
         "data_root": cfg["data_root"],
+        **_threads_entry(cfg),
     }
+
+
+def _threads_entry(cfg: dict) -> dict:
+    """`threads` for an upstream stage's spec: the job runs the config's count (not the cores
+    Snakemake grants, see bench.cli._config_threads) and its output depends on it, so a
+    changed count is a new file. Left out at 1, the default, so that the specs (and the paths
+    of their outputs) made before it was recorded stay the same."""
+    threads = int(cfg.get("threads", 1))
+    return {} if threads == 1 else {"threads": threads}
 
 
 def pretrain_checkpoint(cfg: dict, study: str, model: str) -> str | None:
@@ -672,6 +682,7 @@ def ranking_spec(cfg: dict, study: str, model: str, dataset: str) -> dict:
         "init_checkpoint": pretrain_checkpoint(cfg, study, model),
         "seed": derive_seed(study, model, dataset, 0),
         "data_root": cfg["data_root"],
+        **_threads_entry(cfg),
     }
 
 

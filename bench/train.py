@@ -481,17 +481,14 @@ class Checkpoint:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            log(f"checkpoint {self.path} is refused: it holds objects other than tensors and "
-                f"plain data, and loading it could run code ({first[:300]}); starting the cell "
-                f"from scratch")
+            self.set_aside(f"is refused: it holds objects other than tensors and plain data, "
+                           f"and loading it could run code ({first[:300]})")
             return None
         except Exception as e:  # noqa: BLE001 - a truncated/corrupted file: start again
-            log(f"checkpoint {self.path} is unreadable ({type(e).__name__}: {e}); "
-                f"starting the cell from scratch")
+            self.set_aside(f"is unreadable ({type(e).__name__}: {str(e)[:300]})")
             return None
         if not isinstance(state, dict):
-            log(f"checkpoint {self.path} is unreadable (not a checkpoint); starting the cell "
-                f"from scratch")
+            self.set_aside("is unreadable (not a checkpoint)")
             return None
         if state.get("config_hash") != expected_hash:
             log(f"checkpoint {self.path} belongs to another config "
@@ -499,7 +496,50 @@ class Checkpoint:
             return None
         return state
 
+    def set_aside(self, why: str) -> Path | None:
+        """A damaged checkpoint: keep it for a post-mortem under another name
+        (`checkpoint.damaged-<UTC time>.pt`, never read again) and say so; the cell then
+        trains from scratch. Renamed rather than deleted, and never left as `checkpoint.pt`,
+        where every rerun would stumble on it again."""
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"checkpoint.damaged-{stamp}.pt")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"checkpoint.damaged-{stamp}-{n}.pt")
+        try:
+            os.replace(self.path, aside)
+        except OSError as e:
+            log(f"checkpoint {self.path} {why}; it could not be set aside ({e.strerror}): "
+                f"starting the cell from scratch (the next epoch's checkpoint replaces it)")
+            return None
+        log(f"checkpoint {self.path} {why}; set aside as {aside.name} (kept, never read "
+            f"again): starting the cell from scratch")
+        return aside
+
+    @staticmethod
+    def check_state(run: Run, state: dict[str, Any]) -> None:
+        """A ValueError when a checkpoint of the right config cannot be this run's state:
+        keys missing, or bookkeeping that contradicts itself (the weights are checked by
+        loading them, see `restore`)."""
+        missing = [k for k in ("epoch", "steps_done", "history", "status", "reason", "timing",
+                               "static", "tracking", "model", "optimizer", "method",
+                               "generator", "torch_rng", "cuda_rng") if k not in state]
+        if missing:
+            raise ValueError(f"keys missing: {', '.join(missing)}")
+        epoch, history = state["epoch"], state["history"]
+        if (not isinstance(epoch, int) or not 0 <= epoch <= run.epochs
+                or not isinstance(history, list) or len(history) != epoch):
+            raise ValueError(f"epoch {epoch!r} of {run.epochs} with "
+                             f"{len(history) if isinstance(history, list) else '?'} epochs of "
+                             f"history")
+        if not isinstance(state["tracking"], dict) or not isinstance(state["model"], dict):
+            raise ValueError("its tracking or model entry is not a mapping")
+
     def restore(self, run: Run, state: dict[str, Any]) -> None:
+        """Load `state` into `run`; any error means the checkpoint does not fit this cell (the
+        caller sets it aside and rebuilds the run: a failed load may have changed part of it)."""
+        self.check_state(run, state)
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.method.load_state_dict(state["method"])
@@ -628,10 +668,21 @@ def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
                 f"(threads and device change a CPU result)")
             state = None
         if state is not None:
-            checkpoint.restore(run, state)
+            try:
+                checkpoint.restore(run, state)
+            except Exception as e:  # noqa: BLE001 - right hash, wrong content: damaged
+                if is_oom(e):
+                    raise
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                checkpoint.set_aside(f"has this config's hash but does not fit the cell "
+                                     f"({type(e).__name__}: {first})")
+                state = None
+                run = build_run(cfg, out_dir, device)  # the failed load changed part of it
+                run.method.setup(run)
+        if state is not None:
             resumed_from = run.epoch
             log(f"resuming from the checkpoint after epoch {run.epoch} of {run.epochs}")
-        start_tracking(state["tracking"]["run_id"] if state else None)
+        start_tracking(state["tracking"].get("run_id") if state else None)
         if tracker is not None:
             tracker.call("name the run's dataset", tracker.log_dataset, tracking["run_id"],
                          prepared_dataset(cfg["dataset"], run.data, cfg["data_root"]))

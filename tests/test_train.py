@@ -167,3 +167,82 @@ def test_lr_schedule(schedule, progress, expected):
     assert lr_factor(warm, 10, 1.0) == pytest.approx(0.5)
     step = {**train, "schedule": "step", "step_epochs": [3, 6]}
     assert lr_factor(step, 10, 6.5) == pytest.approx(0.01)
+
+
+def _damage_model(state):
+    """Right hash, another model's weights (a wider network: every shape differs)."""
+    from bench.models import build_model
+
+    state["model"] = build_model("resnet18_cifar", 4, 3, {"width": 0.25}).state_dict()
+
+
+def _damage_missing_key(state):
+    del state["optimizer"]
+
+
+@pytest.mark.parametrize("damage", [_damage_model, _damage_missing_key],
+                         ids=["other_model", "missing_key"])
+def test_a_checkpoint_that_loads_but_does_not_fit_is_set_aside_and_the_cell_retrains(
+        tmp_path, monkeypatch, capsys, damage):
+    """The old code restored it, failed with a traceback, and kept it: every rerun failed."""
+    import torch
+
+    from bench import train
+
+    cfg = tiny_cell(tmp_path)
+    clean = run_cell(cfg, tmp_path / "clean" / "result.json")
+    out = tmp_path / "c" / "result.json"
+    with monkeypatch.context() as m:
+        m.setattr(train.Checkpoint, "remove", lambda self: None)  # keep the last checkpoint
+        run_cell(cfg, out)
+    ckpt = out.parent / "checkpoint.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    damage(state)
+    torch.save(state, ckpt)
+    original = ckpt.read_bytes()
+    out.unlink()
+    capsys.readouterr()
+    result = run_cell(cfg, out)
+    log = capsys.readouterr().err
+    assert result["status"] == "ok" and result["provenance"]["resumed_from_epoch"] is None
+    assert "does not fit the cell" in log and "set aside as checkpoint.damaged-" in log, log
+    aside = list(out.parent.glob("checkpoint.damaged-*.pt"))
+    assert len(aside) == 1 and aside[0].read_bytes() == original  # kept, renamed
+    assert not ckpt.exists()
+    strip = lambda h: [{k: e[k] for k in METRIC_KEYS} for e in h]  # noqa: E731
+    assert strip(result["history"]) == strip(clean["history"])  # as if never interrupted
+
+
+def test_an_unreadable_checkpoint_is_kept_under_another_name(tmp_path, capsys):
+    cfg = tiny_cell(tmp_path)
+    out = tmp_path / "c" / "result.json"
+    out.parent.mkdir()
+    (out.parent / "checkpoint.pt").write_bytes(b"truncated")
+    assert run_cell(cfg, out)["status"] == "ok"
+    assert "unreadable" in capsys.readouterr().err
+    assert [p.read_bytes() for p in out.parent.glob("checkpoint.damaged-*.pt")] == [b"truncated"]
+
+
+def test_a_cell_runs_the_configs_threads_not_the_cores_snakemake_granted(tmp_path, monkeypatch,
+                                                                          capsys):
+    """`threads: 2` under `--cores 1`: Snakemake passes `--threads 1`. The old code ran on 1
+    thread and recorded the config's 2 under a hash that holds neither (other val_acc, same
+    hash); the cell now runs the config's 2, whatever the grant."""
+    import torch
+
+    from bench.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = {**tiny_cell(tmp_path), "threads": 2}
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "cell" / "result.json"
+    try:
+        assert main(["train", "--cell", f"@{path}", "--out", str(out), "--threads", "1"]) == 0
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(1)
+    result = json.loads(out.read_text())
+    assert used == 2 and result["provenance"]["threads"] == 2 and result["config"]["threads"] == 2
+    assert "runs with the config's threads: 2, not the 1 Snakemake granted" in (
+        capsys.readouterr().err)
