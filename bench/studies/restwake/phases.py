@@ -8,9 +8,12 @@ training set, and collapses M to that single consolidated snapshot ("compression
 REST epochs in a row, a REST needs at least `min_snapshots` snapshots, and the last epoch of a
 run is always WAKE (the final accuracy is never a weight average that `sgd` does not get).
 
-With `device_mean` (the improved variant) one running fp16 mean of the snapshots since the last
-consolidation is kept on the training device, m <- m + (theta - m) / k after each WAKE epoch,
-and consolidation reads it without a host transfer: one fp16 copy of the weights on the device.
+With `device_mean` (the improved variant) one running fp16 mean of the snapshots in M (the at
+most K most recent) is kept on the training device: m <- m + (theta - m) / k while M fills
+(k = its size), and m <- m + (theta - theta_dropped) / K once a push drops M's oldest snapshot
+(that snapshot goes to the device one tensor at a time, at the end of the WAKE epoch). So m is
+always the mean of M, as a REST of the original computes it on the host, and consolidation
+reads it without a host transfer: one fp16 copy of the weights on the device.
 
 The paper's equations and Table 1 are missing; every choice here is ours [ours] and an option.
 The subclasses differ in *when* to rest.
@@ -46,10 +49,12 @@ class SnapshotBuffer:
     def __len__(self) -> int:
         return len(self.snapshots)
 
-    def push(self, params: Iterable[torch.Tensor]) -> None:
+    def push(self, params: Iterable[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Add a snapshot; returns the oldest one when it was dropped (M was full), else None."""
         self.snapshots.append([p.detach().to(self.device, torch.float16, copy=True) for p in params])
         if len(self.snapshots) > self.capacity:
-            self.snapshots.pop(0)
+            return self.snapshots.pop(0)
+        return None
 
     def mean(self) -> list[torch.Tensor]:
         """Per-parameter mean of the snapshots, accumulated in fp32."""
@@ -74,9 +79,12 @@ class SnapshotBuffer:
 
 
 class RunningMean:
-    """One fp16 running mean of parameter snapshots on `device`: `update(theta)` does
-    m <- m + (theta - m) / k with k the number of snapshots averaged so far; `reset(theta)`
-    starts again from one snapshot (k = 1). Each tensor's update goes through fp32."""
+    """One fp16 running mean of the snapshots of a bounded buffer, on `device`: `update(theta)`
+    does m <- m + (theta - m) / k with k the number of snapshots averaged so far;
+    `update(theta, dropped)`, when the buffer dropped its oldest snapshot `dropped` to take
+    theta, does m <- m + (theta - dropped) / k (k unchanged): a sliding mean over the buffer's
+    snapshots. `reset(theta)` starts again from one snapshot (k = 1). Each tensor's update goes
+    through fp32."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -89,8 +97,19 @@ class RunningMean:
         self.k = 1
 
     @torch.no_grad()
-    def update(self, params: Iterable[torch.Tensor]) -> None:
+    def update(self, params: Iterable[torch.Tensor],
+               dropped: list[torch.Tensor] | None = None) -> None:
         params = list(params)
+        if dropped is not None:
+            if self.k == 0:
+                raise ValueError("RunningMean.update: a dropped snapshot with an empty mean "
+                                 "(the mean must follow the buffer from its first push)")
+            for m, p, old in zip(self.mean, params, dropped, strict=True):
+                mf = m.float()
+                mf += (p.detach().to(self.device, torch.float32)
+                       - old.to(self.device, torch.float32)) / self.k
+                m.copy_(mf)
+            return
         if self.k == 0:
             self.reset(params)
             return
@@ -218,9 +237,9 @@ class RestWakeBase(Method):
         assert self.buffer is not None
         phase = self.phases[-1]
         if phase == WAKE:
-            self.buffer.push(run.model.parameters())
-            if self.running is not None:
-                self.running.update(run.model.parameters())
+            dropped = self.buffer.push(run.model.parameters())
+            if self.running is not None:  # m follows M: the mean of its (at most K) snapshots
+                self.running.update(run.model.parameters(), dropped)
         self.next_phase = self.decide_next(run, epoch, phase)
         return {"buffer_snapshots": len(self.buffer), "buffer_mib": self.buffer.nbytes() / 2**20,
                 "device_mean_k": self.running.k if self.running is not None else None,

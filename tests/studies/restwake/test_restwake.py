@@ -89,6 +89,61 @@ def test_running_mean_is_the_mean_of_the_snapshots_since_consolidation_in_fp16()
     assert clone.k == 1 and torch.equal(clone.mean[1], m.mean[1])
 
 
+def test_running_mean_follows_the_buffer_when_it_drops_its_oldest_snapshot():
+    # METHODS.md: consolidation sets the mean of the snapshots in M (capacity K = 3, the 3 most
+    # recent); the running mean used to average every snapshot since the last REST instead
+    torch.manual_seed(1)
+    params = [torch.randn(5, 3), torch.randn(7)]
+    m, buf = RunningMean(torch.device("cpu")), SnapshotBuffer(3, torch.device("cpu"))
+    for i in range(8):
+        snap = [p * (1 + 0.3 * i) + i for p in params]
+        dropped = buf.push(snap)
+        assert (dropped is None) == (i < 3)
+        m.update(snap, dropped)
+        assert m.k == len(buf)
+        for got, want in zip(m.mean, buf.mean(), strict=True):
+            assert torch.allclose(got.float(), want, atol=2e-2, rtol=2e-3), i  # fp16 only
+    # the mean of the last 3 pushes (i = 5, 6, 7): 6 + 1.3 x 2.8 p, not 3.5 + 2.05 p
+    want = params[1] * (1 + 0.3 * 6) + 6
+    assert torch.allclose(m.mean[1].float(), want, atol=2e-2, rtol=2e-3)
+    with pytest.raises(ValueError, match="empty mean"):
+        RunningMean(torch.device("cpu")).update(params, params)
+
+
+def test_improved_consolidates_to_the_mean_of_its_three_newest_snapshots(tmp_path):
+    # four WAKE epochs before the first REST: M holds epochs 2-4, the running mean must too
+    opts = {"warmup_wake_epochs": 4, "window": 1, "factor": 1e-9, "cap": 10}  # always asks
+    cfg = tiny_cell(tmp_path, method="restwake_improved",
+                    **{**STUDY, "epochs": 6, "method_options": {"restwake_improved": opts}})
+    run = build_run(cfg, tmp_path, torch.device("cpu"))
+    run.method.setup(run)
+    wake_params: list[list[torch.Tensor]] = []
+    seen: dict[str, object] = {}
+    original_rest = run.method.rest
+
+    def on_epoch(r, record):
+        if record["phase"] == WAKE:
+            wake_params.append([p.detach().clone() for p in r.model.parameters()])
+
+    def spy_rest(r):
+        seen["k"] = run.method.running.k
+        seen["consolidated"] = [t.float().clone() for t in run.method.consolidated()]
+        original_rest(r)
+
+    run.on_epoch = on_epoch
+    run.method.rest = spy_rest  # type: ignore[method-assign]
+    fit(run)
+    assert [h["phase"] for h in run.history] == [WAKE] * 4 + [REST, WAKE]
+    assert seen["k"] == 3
+    newest = [torch.stack([snap[i].half().float() for snap in wake_params[1:4]]).mean(0)
+              for i in range(len(wake_params[0]))]
+    every = [torch.stack([snap[i].half().float() for snap in wake_params[:4]]).mean(0)
+             for i in range(len(wake_params[0]))]
+    assert any(not torch.allclose(a, b, atol=1e-3) for a, b in zip(newest, every, strict=True))
+    for got, want in zip(seen["consolidated"], newest, strict=True):
+        assert torch.allclose(got, want, atol=5e-3, rtol=5e-3)
+
+
 def test_rest_epoch_makes_no_step_and_sets_weights_to_the_snapshot_mean(tmp_path):
     cfg = tiny_cell(tmp_path, method="restwake_original", **STUDY)
     run = build_run(cfg, tmp_path, torch.device("cpu"))
