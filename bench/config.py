@@ -220,7 +220,7 @@ def check_config(cfg: dict, deep: bool = True) -> dict:
     """
     if not isinstance(cfg, dict):
         raise ConfigError("the configuration must be a mapping (a YAML document of key: value)")
-    problems: list[str] = [*non_finite_numbers(cfg)]
+    problems: list[str] = [*non_finite_numbers(cfg), *name_problems(cfg)]
     if problems:
         raise_problems(problems)
     validate_schema(cfg)
@@ -344,6 +344,89 @@ def non_finite_numbers(obj: Any, where: str = "") -> Iterator[str]:
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
             yield from non_finite_numbers(v, f"{where}[{i}]")
+
+
+# A name (study, method label, variant, model, dataset, budget label, ...) becomes a folder of
+# every cell's path, part of file names (tables, report figures), a Snakemake wildcard and an
+# MLflow experiment or run name: ASCII letters, digits and _ . -, starting with a letter or
+# digit, at most NAME_MAX characters (a file system allows 255 per path component, and a
+# report file name holds the study's name and more; MLflow names are bounded too).
+NAME_MAX = 64
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_RULE = (f"a name is 1 to {NAME_MAX} characters: ASCII letters, digits, _ . - (starting "
+             f"with a letter or digit); it becomes a folder, file names and MLflow names")
+
+
+def name_problem(name: Any) -> str | None:
+    """Why `name` (a string) cannot be a name, or None. Non-strings are the schema's to refuse.
+    `fullmatch`: a trailing newline is refused (a regex `$` would let it through)."""
+    if not isinstance(name, str):
+        return None
+    if len(name) > NAME_MAX:
+        return f"it is {len(name)} characters long, more than {NAME_MAX}"
+    if not name:
+        return "it is empty"
+    if not _NAME.fullmatch(name):
+        bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "_.-"))})
+        if bad:
+            return f"it holds {', '.join(map(repr, bad))}"
+        return f"it starts with {name[0]!r}"
+    return None
+
+
+def _shown(name: str) -> str:
+    """A name for a message: a long one cut (the message stays one readable line)."""
+    return repr(name) if len(name) <= 48 else f"{name[:40]!r}... ({len(name)} characters)"
+
+
+def name_problems(cfg: dict) -> list[str]:
+    """Every name of the config that becomes a path or an MLflow name, checked before the
+    schema (whose `pattern` lets a trailing newline pass and whose message would print a
+    300-character name whole): one line per bad name, naming where it is and the rule."""
+    out: list[str] = []
+
+    def check(where: str, name: Any) -> None:
+        why = name_problem(name)
+        if why:
+            out.append(f"{where}: {_shown(name)} is not a valid name: {why}; rename it "
+                       f"({NAME_RULE})")
+
+    def each(where: str, names: Any, label: Callable[[Any], Any] = lambda n: n) -> None:
+        if isinstance(names, dict):
+            names = list(names)
+        if isinstance(names, list):
+            for n in names:
+                if isinstance(n, (str, int, float)) and not isinstance(n, bool):
+                    check(where, label(n))
+
+    studies = cfg.get("studies")
+    if not isinstance(studies, dict):
+        return out
+    for study, s in studies.items():
+        check("studies", study)
+        if not isinstance(s, dict):
+            continue
+        where = f"studies.{_shown(study) if name_problem(study) else study}"
+        check(f"{where}.reference", s.get("reference"))
+        for key in ("methods", "models", "datasets", "variants", "data_options",
+                    "model_options", "method_options"):
+            each(f"{where}.{key}", s.get(key))
+        variants = s.get("variants")
+        for label, v in variants.items() if isinstance(variants, dict) else ():
+            if isinstance(v, dict):
+                check(f"{where}.variants.{label}.method", v.get("method"))
+        each(f"{where}.budgets", s.get("budgets"), budget_label)
+        mb = s.get("method_budgets")
+        if isinstance(mb, dict):
+            each(f"{where}.method_budgets", mb)
+            for label, values in mb.items():
+                each(f"{where}.method_budgets.{label}", values, budget_label)
+        if isinstance(s.get("pretrain"), dict):
+            check(f"{where}.pretrain.dataset", s["pretrain"].get("dataset"))
+        comparisons = s.get("comparisons")
+        for pair in comparisons if isinstance(comparisons, list) else ():
+            each(f"{where}.comparisons", pair)
+    return out
 
 
 # Characters a path must not hold: control characters (a newline splits a shell line, a log

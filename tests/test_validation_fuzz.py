@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,87 @@ def test_a_last_batch_of_one_image_under_batchnorm_trains():
              "data_options": {"synthetic": {"n_train": 33, "n_val": 16, "num_classes": 4}}}
     cfg = check_config({**copy.deepcopy(BASE), "studies": {"b1": study}})
     assert runs(cfg) == "ok"
+
+
+# ----------------------------------------------------------------------------- names
+# Every name becomes a folder, file names and MLflow names: too long ('File name too long' in
+# the report after every cell trained, a traceback in `validate`), a trailing newline (passed
+# the schema's `$`) or non-ASCII must be refused before any job, in one line.
+
+NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_TEXT = (st.text(max_size=300)
+             | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,100}", fullmatch=True)
+             | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,70}", fullmatch=True).map(
+                 lambda s: s + st_suffix(s))
+             | st.sampled_from(["a" * 64, "a" * 65, "a" * 240, "a" * 300, "abc\n", "abc\r\n",
+                                "\nabc", "résumé", "sgd\u200b", "名前", "a/b", "..", ".hidden",
+                                "a b", "a{b}", "-x", "x\x00y", "", "Ａbc"]))
+
+
+def st_suffix(s: str) -> str:
+    """A trailing character that breaks a name (chosen by the name, so it is derandomized)."""
+    return ["\n", "\t", " ", "é", "\u2028", "/"][len(s) % 6]
+
+
+def _with_name(place: str, name: str) -> dict:
+    cfg = copy.deepcopy(BASE)
+    s = cfg["studies"]["fz"]
+    if place == "study":
+        cfg["studies"] = {name: s}
+    elif place == "variant":
+        s["variants"] = {name: {"method": "sgd"}}
+        s["methods"] = ["sgd", name]
+    elif place == "variant_options":  # a variant with options of its own
+        s["variants"] = {name: {"method": "sgd"}}
+        s["methods"] = ["sgd", name]
+        s["method_options"] = {name: {"momentum": 0.5}}
+    elif place == "budget":
+        s["budgets"] = [name]
+    return cfg
+
+
+@pytest.mark.slow
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
+          derandomize=True, suppress_health_check=[HealthCheck.too_slow,
+                                                   HealthCheck.data_too_large])
+@given(st.sampled_from(["study", "variant", "variant_options"]), NAME_TEXT)
+def test_a_name_is_accepted_exactly_when_it_can_be_a_path_and_an_mlflow_name(place, name):
+    cfg = _with_name(place, name)
+    try:
+        checked = check_config(cfg)
+    except ConfigError as e:
+        text = str(e)
+        assert not NAME_OK.fullmatch(name), (name, text)
+        lines = text.splitlines()  # one line per place the name is used
+        assert all(line.startswith("  - ") for line in lines[1:]), text
+        assert all(len(line) < 600 for line in lines), text  # the name cut short
+        assert all("is not a valid name" in line and "rename it" in line
+                   for line in (lines[1:] or lines)), text
+        return
+    assert NAME_OK.fullmatch(name), f"accepted {name!r}"
+    for cell in plan(checked):  # every path component stays a file name
+        assert all(len(part) <= 64 for part in cell.cell_id.split("/"))
+
+
+@pytest.mark.parametrize("place,name,why", [
+    ("study", "a" * 240, "240 characters long, more than 64"),
+    ("study", "a" * 300, "300 characters long, more than 64"),
+    ("study", "restwake\n", r"holds '\n'"),
+    ("variant", "plain\n", r"holds '\n'"),
+    ("study", "résumé", "holds 'é'"),
+    ("budget", "512\n", r"holds '\n'"),
+    ("budget", 1.5e300, "301 characters long"),
+], ids=["study-240", "study-300", "study-newline", "variant-newline", "study-unicode",
+        "budget-newline", "budget-1.5e300"])
+def test_a_bad_name_is_refused_before_any_job_in_one_line(place, name, why):
+    cfg = _with_name(place, name)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    lines = str(err.value).splitlines()  # a line per place the name is used
+    assert all(line.startswith("  - ") for line in lines[1:]), lines
+    assert all(why in line and "is not a valid name" in line for line in lines[1:] or lines)
+
+
+def test_a_64_character_name_is_valid():
+    cfg = check_config(_with_name("study", "s" * 64))
+    assert {c.study for c in plan(cfg)} == {"s" * 64}
