@@ -1,12 +1,12 @@
-"""`restwake_improved`: Rest-Wake training, improved architecture (seed 000).
+"""`restwake_improved`: Rest-Wake training, improved architecture.
 
 Adaptive phase switching on gradient variance [ours, built on the paper's words]: the rule of
 `rule.py` (a trailing-median reference, factor 1.25 over the previous 5 WAKE epochs, no REST in
 the first five WAKE epochs, at most 2 RESTs in any 10 epochs), asked after every WAKE epoch.
 
-The snapshot buffer M is on the host; one running fp16 mean of the snapshots since the last
-consolidation is on the device (`device_mean`), which consolidation reads without a host
-transfer: one fp16 copy of the weights more than the original, which is what the paper's
+The snapshot buffer M is on the host; one running fp16 mean of M's snapshots (the at most
+K = 3 most recent, `phases.RunningMean`) is on the device (`device_mean`), which consolidation
+reads without a host transfer: one fp16 copy of the weights more than the original, which is what the paper's
 ~21 MB difference in peak memory says.
 """
 

@@ -1,6 +1,6 @@
 """The adaptive switching rule of `restwake_improved`, as pure Python (no torch), so that the
-method, the tests and the mechanism checks replay the same rule (../shared/METHODS.md, study
-`restwake`).
+method, the tests and the mechanism checks replay the same rule (METHODS.md in this
+folder).
 
 After every WAKE epoch, v = squared coefficient of variation of that epoch's minibatch gradient
 norms. The rule asks for REST in the next epoch when
@@ -21,6 +21,7 @@ the last epoch is WAKE. `simulate` replays all of it on a scripted variance trac
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -133,3 +134,97 @@ def spike_trace(rule: SwitchingRule, epochs: int = 50, base: float = 1.0,
     for t in spikes:
         trace[t] = base * height if rule.direction == "high" else base / height
     return trace, spikes
+
+
+def wake_trace(history: Sequence[Mapping[str, Any]]) -> list[float]:
+    """A cell's own variance trace, one entry per recorded epoch: v (`grad_cv2`) of each epoch,
+    NaN where it is missing or undefined (REST epochs: their entry is unused by `simulate`)."""
+    out = []
+    for h in history:
+        v = h.get("grad_cv2")
+        try:
+            out.append(float(v) if v is not None else math.nan)
+        except (TypeError, ValueError):
+            out.append(math.nan)
+    return out
+
+
+@dataclass(frozen=True)
+class Crossings:
+    """How often the rule's v reached its threshold on a trace: `crossed` of `decided` WAKE
+    epochs (past the warm-up, with a reference and a finite v), and the trace's log-noise: the
+    sample sd of log(v / reference) over those epochs (None with fewer than 2)."""
+
+    crossed: int
+    decided: int
+    log_noise: float | None
+
+    @property
+    def rate(self) -> float | None:
+        return self.crossed / self.decided if self.decided else None
+
+
+def crossings(rule: SwitchingRule, trace: Sequence[float], phases: Sequence[str]) -> Crossings:
+    """Replay `rule.decide` after every WAKE epoch of `phases` on the v of `trace` (one entry per
+    epoch): how many decided epochs crossed the threshold (granted or refused by the cap)."""
+    wake_v: list[float] = []
+    crossed = decided = 0
+    logs: list[float] = []
+    for t, phase in enumerate(phases):
+        if phase != WAKE:
+            continue
+        wake_v.append(float(trace[t]) if t < len(trace) else math.nan)
+        d = rule.decide(wake_v, phases[:t + 1])
+        if d.why in ("warm-up", "no reference"):
+            continue
+        decided += 1
+        crossed += d.why in ("crossed", "cap")
+        if d.reference and d.reference > 0 and d.v > 0:
+            logs.append(math.log(d.v / d.reference))
+    noise = statistics.stdev(logs) if len(logs) >= 2 else None
+    return Crossings(crossed, decided, noise)
+
+
+def noise_crossing_rate(rule: SwitchingRule, log_noise: float, epochs: int = 50,
+                        traces: int = 200, seed: int = 0) -> float:
+    """The share of decided WAKE epochs on which the rule crosses its threshold when v is pure
+    log-normal noise of sd `log_noise` around a flat trend (no spike at all): the rule's
+    false-spike rate at that noise (about 0.25 at 0.3 with the default rule). Deterministic."""
+    rng = random.Random(seed)
+    crossed = decided = 0
+    for _ in range(traces):
+        trace = [math.exp(rng.gauss(0.0, log_noise)) for _ in range(epochs)]
+        c = crossings(rule, trace, [WAKE] * epochs)
+        crossed += c.crossed
+        decided += c.decided
+    return crossed / decided if decided else math.nan
+
+
+def trace_noise(rule: SwitchingRule, observed: Crossings) -> float | None:
+    """The log-sd of v around its trend that a trace's `observed.log_noise` (the sd of
+    log(v / reference), which also holds the reference's own noise) stands for: divided by what
+    unit log-normal noise gives under the same rule. None when not measured."""
+    if observed.log_noise is None:
+        return None
+    unit = _unit_log_noise(rule.window)
+    return observed.log_noise / unit
+
+
+_UNIT: dict[int, float] = {}
+
+
+def _unit_log_noise(window: int) -> float:
+    if window not in _UNIT:
+        rng = random.Random(1)
+        logs: list[float] = []
+        rule = SwitchingRule(window=window, warmup_wake_epochs=window + 1)
+        for _ in range(200):
+            trace = [math.exp(rng.gauss(0.0, 1.0)) for _ in range(50)]
+            wake_v: list[float] = []
+            for v in trace:
+                wake_v.append(v)
+                d = rule.decide(wake_v, [WAKE] * len(wake_v))
+                if d.why not in ("warm-up", "no reference"):
+                    logs.append(math.log(d.v / d.reference))
+        _UNIT[window] = statistics.stdev(logs)
+    return _UNIT[window]

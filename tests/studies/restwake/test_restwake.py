@@ -377,6 +377,158 @@ def test_mechanism_checks():
     assert not {c.check: c.passed for c in dead}["rule_rests_after_spikes"]
 
 
+# --- the catalogue of degenerate mechanisms: each must end `withheld` ---------------------
+
+GROUP = ("resnet18", "digits", "none")
+IMPROVED_CLAIMS = ("restwake_improved_equivalent_to_sgd_val_acc",
+                   "restwake_improved_comparable_fgsm_to_sgd")
+
+
+def _traced(method, seed, trace, phases, options=None):
+    """A result whose history holds the variance trace v (grad_cv2) of its WAKE epochs."""
+    r = _result(method, seed, phases, options)
+    for h, v in zip(r["history"], trace, strict=True):
+        h["grad_cv2"] = float(v) if h["phase"] == WAKE else None
+    return r
+
+
+def _live_trace(seed):
+    return list(_noisy(TRENDS["flat"], seed))
+
+
+def _arbitrary(seed):
+    """REST at random epochs that obey every constraint (never two in a row, not in the first
+    two epochs, not the last, at most 2 in 10), unrelated to the trace."""
+    rng = np.random.default_rng(100 + seed)
+    phases = [WAKE] * EPOCHS
+    for t in sorted(rng.choice(np.arange(2, EPOCHS - 1), 8, replace=False)):
+        if phases[t - 1] != REST and phases[max(0, t - 9):t].count(REST) < 2:
+            phases[t] = REST
+    return phases
+
+
+DEGENERATE = {
+    # the original's fixed 1-in-5 schedule run as the adaptive variant (rest fraction 0.18)
+    "every_5th": lambda seed: [REST if (t + 1) % 5 == 0 and t < EPOCHS - 1 else WAKE
+                               for t in range(EPOCHS)],
+    "arbitrary": _arbitrary,
+    "never_rests": lambda seed: [WAKE] * EPOCHS,
+}
+
+
+def _improved_cells(phases_of, seeds=3):
+    results = []
+    for seed in range(seeds):
+        trace = _live_trace(seed)
+        phases = phases_of(seed) if phases_of else simulate(RULE, trace)
+        results.append(_traced("restwake_improved", seed, trace, phases))
+        results.append(_result("sgd", seed, ["train"] * EPOCHS))
+    return results
+
+
+def _claims(results):
+    import pandas as pd
+
+    from bench import claims as cl
+    from bench.checks import checks_table
+    from bench.config import claims_path
+
+    checks = checks_table("restwake", results)
+    rng = np.random.default_rng(0)
+    rows = [{"study": "restwake", "method": m, "model": GROUP[0], "dataset": GROUP[1],
+             "budget": GROUP[2], "seed": seed, "status": "ok",
+             "val_acc": 0.95 + 1e-4 * rng.normal(), "fgsm_acc": 0.65 + 1e-4 * rng.normal()}
+            for m in ("sgd", "restwake_improved") for seed in range(3)]
+    out = cl.evaluate_claims(cl.load_claims(claims_path("restwake")), pd.DataFrame(rows),
+                             study="restwake", mechanism_checks=checks)
+    return checks, {r["claim_id"]: r for r in out}
+
+
+def test_a_live_rule_passes_its_replay_and_its_claims_are_decided():
+    checks, verdicts = _claims(_improved_cells(None))
+    assert checks["passed"].all(), checks[~checks["passed"]].to_dict("records")
+    replay = checks[checks["check"] == "rule_replays_own_trace"]
+    assert len(replay) == 3 and set(replay["value"]) == {"identical"}
+    for cid in IMPROVED_CLAIMS:
+        assert verdicts[cid]["verdict"] == "reproduced", verdicts[cid]  # equal by construction
+
+
+@pytest.mark.parametrize("kind", sorted(DEGENERATE))
+def test_a_degenerate_improved_variant_ends_withheld(kind):
+    checks, verdicts = _claims(_improved_cells(DEGENERATE[kind]))
+    replay = checks[checks["check"] == "rule_replays_own_trace"]
+    assert len(replay) == 3 and not replay["passed"].any(), replay.to_dict("records")
+    assert replay["value"].str.startswith("differs from epoch").all()
+    if kind == "every_5th":  # the rest fraction alone would not have caught it
+        assert checks[checks["check"] == "rest_fraction_in_range"]["passed"].all()
+    if kind == "never_rests":
+        assert not checks[checks["check"] == "rest_fraction_in_range"]["passed"].any()
+    for cid in IMPROVED_CLAIMS:
+        v = verdicts[cid]["verdict"]
+        assert v.startswith("withheld (mechanism check failed:") and "rule_replays_own_trace" in v
+    # the original's own claims do not depend on the adaptive rule
+    assert "rule_replays_own_trace" not in str(
+        verdicts["restwake_original_equivalent_to_sgd_val_acc"]["verdict"])
+
+
+def test_the_replay_uses_the_cells_own_trace_not_a_scripted_one():
+    # phases the rule would take on another trace: wrong on this cell's own trace
+    mine, other = _live_trace(0), _live_trace(1)
+    assert simulate(RULE, mine) != simulate(RULE, other)
+    rows = restwake_checks([_traced("restwake_improved", 0, mine, simulate(RULE, other))])
+    got = {c.check: c for c in rows}
+    assert not got["rule_replays_own_trace"].passed
+    rows = restwake_checks([_traced("restwake_improved", 0, mine, simulate(RULE, mine))])
+    assert {c.check: c for c in rows}["rule_replays_own_trace"].passed
+    # no trace recorded: nothing to replay, the check fails and says why
+    rows = restwake_checks([_result("restwake_improved", 0, simulate(RULE, mine))])
+    got = {c.check: c for c in rows}
+    assert not got["rule_replays_own_trace"].passed and "no variance trace" in got[
+        "rule_replays_own_trace"].value
+
+
+def test_false_spike_rate_is_reported_on_the_cells_own_trace():
+    from bench.studies.restwake.rule import noise_crossing_rate
+
+    # the issue's figure: at log-noise 0.3 the default rule crosses on about a quarter of epochs
+    assert noise_crossing_rate(RULE, 0.3) == pytest.approx(0.25, abs=0.03)
+    assert noise_crossing_rate(RULE, 0.05) < 0.01
+    trace = _live_trace(0)
+    rows = restwake_checks([_traced("restwake_improved", 0, trace, simulate(RULE, trace))])
+    row = {c.check: c for c in rows}["rule_false_spike_rate"]
+    assert row.passed and row.value.split()[0] != "1.00"
+    assert "log-noise" in row.detail and "on pure noise" in row.detail
+    noise = float(row.detail.split("log-noise ")[1].split(";")[0])
+    assert 0.2 <= noise <= 0.45  # the trace was made at 0.3
+    # a rule that crosses on every decided epoch (factor below 1): the cap sets the rests
+    always = {"factor": 1e-9}
+    eager = SwitchingRule.from_options(always)
+    rows = restwake_checks([_traced("restwake_improved", 0, trace, simulate(eager, trace),
+                                    always)])
+    got = {c.check: c for c in rows}
+    assert got["rule_replays_own_trace"].passed  # it did follow its (degenerate) rule
+    assert not got["rule_false_spike_rate"].passed
+    assert got["rule_false_spike_rate"].value.startswith("1.00")
+
+
+def test_a_real_improved_cell_passes_its_replay(tmp_path):
+    # a cell trained by the method: the replay of its recorded grad_cv2 gives its phases
+    opts = {"warmup_wake_epochs": 2, "window": 1, "factor": 1e-9, "cap": 10}  # always asks
+    cfg = tiny_cell(tmp_path, method="restwake_improved",
+                    **{**STUDY, "epochs": 6, "method_options": {"restwake_improved": opts}})
+    result = run_cell(cfg, tmp_path / "result.json")
+    assert [h["phase"] for h in result["history"]] == [WAKE, WAKE, REST, WAKE, REST, WAKE]
+    got = {c.check: c for c in restwake_checks([result])}
+    assert got["rule_replays_own_trace"].passed, got["rule_replays_own_trace"]
+    assert not got["rule_false_spike_rate"].passed  # factor 1e-9: every decided epoch crosses
+    # the same cell with its REST epochs moved: the replay disagrees
+    moved = copy.deepcopy(result)
+    moved["history"][2]["phase"], moved["history"][3]["phase"] = WAKE, REST
+    moved["history"][2]["grad_cv2"] = moved["history"][3]["grad_cv2"]
+    got = {c.check: c for c in restwake_checks([moved])}
+    assert not got["rule_replays_own_trace"].passed
+
+
 def test_a_paper_config_cell_runs_a_few_steps_on_cifar_shaped_data(tmp_path):
     paper = load_config([ROOT / "config" / "paper.yaml"])
     study = copy.deepcopy(paper["studies"]["restwake"])
