@@ -1,4 +1,4 @@
-"""Claims and verdicts, in one place (DESIGN.md "Claims and verdicts").
+"""Claims and verdicts, in one place (docs/design.md, "Claims and verdicts").
 
 A claims file (``bench/studies/<study>/claims.yaml``; format in docs/contracts.md "Claims") states the
 paper's numbers and statements as claims of five kinds, each with a margin whose origin it
@@ -10,28 +10,39 @@ runs), evaluates every claim on a study's cells, and gives each (claim, group) o
     the reproduced quantity lies inside the band (paper value +- margin; for a difference, the
     band never crosses zero: a gain cannot be reproduced by its reversal). superiority: the
     one-sided paired t-test of gain > margin has p < 0.05 after Holm's correction over the
-    study's primary claims (unadjusted for a secondary claim). A range claim with
-    ``range_rule: overlap`` (a range over the paper's settings, of which a group is one):
-    the 95% interval overlaps the range and the mean is not below its low end.
+    study's primary superiority claims (unadjusted for a secondary claim).
 ``contradicted``
     the 95% t-interval lies wholly outside the band (superiority: wholly below the margin, i.e.
-    the gain is reversed or smaller than the claim says). 95% rather than 90% so that a
-    reproduction whose truth equals the paper's value is called contradicted at most 5% of the
-    time, whatever the margin (2.5% per side).
-``inconclusive (about N seeds needed)``
+    the gain is reversed or smaller than the claim says): the one-sided p beyond the band's
+    nearer edge is below 0.025, Holm-adjusted over the study's primary claims (unadjusted for a
+    secondary claim). 95% rather than 90% so that a reproduction whose truth equals the paper's
+    value is called contradicted at most 5% of the time, whatever the margin (2.5% per side).
+``inconclusive (about N seeds needed to reproduce|to contradict)``
     neither; N is the number of seeds at which the test that the estimate points to (TOST inside
     the band, or the one-sided test outside it) would decide with power 0.8 at the observed
-    seed-to-seed spread (statsmodels ``TTestPower``).
+    seed-to-seed spread (statsmodels ``TTestPower``), and the words say which verdict it would
+    reach. ``inconclusive (no seed-to-seed spread)``: every seed gives the same value of a
+    measured metric (an accuracy moving in steps of one image), which no interval can decide.
 ``not testable (reason)``
     the cells are missing: the paper's setting is not in the run, a method is not in it, a
-    metric was not measured, fewer than 2 seeds have a value.
+    metric was not measured, fewer than 2 seeds have a value, or the claim holds on a device
+    class (``device: accelerator``) the cells did not run on (each result's provenance).
 ``withheld (mechanism check failed: ...)``
     a mechanism check the claim ``requires`` failed for its method (or versus) in that group
     (a study registers its checks with ``bench.checks.register_checks``; aggregation passes
-    their rows, ``mechanism_checks.csv``, to :func:`claims_table`).
+    their rows, ``mechanism_checks.csv``, to :func:`claims_table`). A value or range claim of a
+    method also needs the checks the file's other claims of that method require.
+``check (consistent|inconsistent|...)``
+    a claim marked ``check: <why>``: its paper value is computed from our own model (a
+    modelled byte count), so agreement is a consistency check of the model, not a
+    reproduction; decided by the same rule, never counted as reproduced, outside Holm.
 
-A per-seed quantity with no spread at all (a parameter count, a modelled memory figure) is
-decided exactly: inside the band reproduced, outside contradicted.
+A quantity declared ``deterministic: true`` (a parameter count, a modelled memory figure) with
+no spread across seeds is decided exactly: inside the band reproduced, outside contradicted.
+A measured metric with no spread is ``inconclusive (no seed-to-seed spread)``.
+
+Dropped seeds (a NaN, a diverged or failed cell) are named in the reason; ``seeds_used`` lists
+the seeds a verdict rests on.
 
 The rule is calibrated by simulation (:func:`calibrate`; tests/test_claims.py,
 docs/statistics.md).
@@ -49,6 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.stats import t as sps_t
 
 from bench import stats
 from bench.checks import declared_checks, failures as check_failures
@@ -67,15 +79,23 @@ MARGIN_ORIGINS = ("from_runs", "from_std")
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
 NOT_TESTABLE, WITHHELD = "not testable", "withheld"
+CHECK = "check"  # a claim whose paper value comes from our own model: a consistency check
 
 TOP_KEYS = ("study", "paper", "notes", "methods", "metrics", "claims")
 CLAIM_KEYS = (
     "id", "description", "source", "note", "kind", "scope", "method", "versus", "over", "metric",
     "where", "value", "range", "margin", "margin_reason", "scale_by", "runs", "versus_runs",
     "std", "versus_std", "n_runs", "stated_p", "requires", "given", "not_testable",
-    "range_rule",
+    "range_rule", "deterministic", "check", "device",
 )  # fmt: skip
-RANGE_RULES = ("inside", "overlap")  # a range claim's rule (`range_rule`; default inside)
+RANGE_RULES = ("inside",)  # a range claim's rule (`range_rule`; default inside)
+DEVICES = ("any", "accelerator", "cpu")  # `device`: the device class a claim holds on
+# a rule that was removed, with why and what replaces it
+REMOVED_RANGE_RULES = {
+    "overlap": "it read reproduced about half the time with the truth at the range's edge "
+               "(docs/statistics.md, 'Ranges'); leave range_rule out: a group's 90% CI must then "
+               "lie inside the range (TOST), calibrated like every other kind",
+}  # fmt: skip
 REQUIRED = ("id", "source", "kind", "scope", "method", "metric", "margin")
 REQUIRED_NOT_TESTABLE = ("id", "source", "kind", "scope", "description")
 # keys of the earlier format, with what replaces them
@@ -92,8 +112,8 @@ REPLACED = {
 CLAIMS_COLUMNS = (
     "claim_id", "study", "kind", "scope", "method", "versus", "model", "dataset", "budget",
     "metric", "paper_value", "paper_low", "paper_high", "margin", "margin_origin", "estimate",
-    "ci_low", "ci_high", "test", "p", "p_holm", "n", "seeds_needed", "verdict", "reason",
-    "description", "source",
+    "ci_low", "ci_high", "test", "p", "p_holm", "p_contradict", "p_contradict_holm", "n",
+    "seeds_used", "seeds_needed", "verdict", "reason", "device", "description", "source",
 )  # fmt: skip
 PAPER_CHECKS_COLUMNS = ("claim_id", "check", "stated", "recomputed", "consistent", "note")
 
@@ -175,8 +195,9 @@ def _number(c: Mapping, key: str, where: str, *, minimum: float | None = None) -
         stats.decimals(c[key])
     except ValueError as e:
         raise ConfigError(f"{where}: '{key}' {e}") from None
-    if math.isnan(x):
-        raise ConfigError(f"{where}: '{key}' must be a number")
+    if not math.isfinite(x):
+        raise ConfigError(f"{where}: '{key}' must be a finite number, got {c[key]!r}; "
+                          f"{_FINITE_FIX}")
     if minimum is not None and x < minimum:
         raise ConfigError(f"{where}: '{key}' must be >= {minimum:g}, got {c[key]!r}")
     return x
@@ -193,6 +214,14 @@ def _numbers(c: Mapping, key: str, where: str, min_len: int = 1) -> None:
             stats.decimals(x)
         except ValueError as e:
             raise ConfigError(f"{where}: '{key}': {e}") from None
+        if not math.isfinite(stats.to_float(x)):
+            raise ConfigError(f"{where}: '{key}': {x!r} is not a finite number; {_FINITE_FIX}")
+
+
+# every number of a claims file is finite: an infinite margin, range end or std makes a band
+# that any data fall inside (a verdict decided by the file, not by the runs)
+_FINITE_FIX = ("state the paper's number (an open-ended statement such as 'at least 2x' is a "
+               "superiority claim with `over`, not an infinite range end)")
 
 
 def _names(v: Any) -> list[str]:
@@ -230,6 +259,9 @@ def _validate_claim(c: Mapping, where: str) -> None:
             raise ConfigError(f"{where}: 'range' low {r[0]} is above high {r[1]}")
         if c.get("value") is not None:
             raise ConfigError(f"{where}: a range claim states 'range', not 'value'")
+        if c.get("range_rule") in REMOVED_RANGE_RULES:
+            raise ConfigError(f"{where}: range_rule {c['range_rule']!r} was removed: "
+                              f"{REMOVED_RANGE_RULES[c['range_rule']]}")
         if c.get("range_rule", "inside") not in RANGE_RULES:
             raise ConfigError(f"{where}: range_rule {c['range_rule']!r} unknown; rules: "
                               f"{list(RANGE_RULES)}")
@@ -305,6 +337,19 @@ def _validate_claim(c: Mapping, where: str) -> None:
         if not isinstance(c.get("margin"), (int, float)) or isinstance(c.get("margin"), bool):
             raise ConfigError(f"{where}: with 'scale_by' the margin is a number in the same "
                               "units (the paper's runs are in other units)")
+    if c.get("deterministic") is not None and not isinstance(c["deterministic"], bool):
+        raise ConfigError(f"{where}: 'deterministic' must be true or false (true: the quantity "
+                          "is computed without randomness, e.g. a parameter count or a modelled "
+                          "byte count, so a result with no seed-to-seed spread is decided exactly)")
+    if c.get("check") is not None and (not isinstance(c["check"], str)
+                                       or not c["check"].strip()):
+        raise ConfigError(f"{where}: 'check' must say why the claim is a consistency check, not a "
+                          "reproduction (e.g. 'the paper value is computed from our own memory "
+                          "model')")
+    if c.get("device") is not None and c["device"] not in DEVICES:
+        raise ConfigError(f"{where}: device {c['device']!r} unknown; the device class the claim "
+                          f"holds on is one of {list(DEVICES)} (e.g. accelerator for a speed "
+                          "claim made for GPUs)")
     for key in ("requires", "given"):
         v = c.get(key)
         if v is not None and (not isinstance(v, list) or not v
@@ -480,7 +525,11 @@ def check_claims_file(path: str | Path, study: str, study_cfg: Mapping) -> list[
 class Decision:
     """The numbers behind a verdict, one entry per column of the sample: ``code`` 0 reproduced,
     1 contradicted, 2 inconclusive; ``estimate`` and the 90% interval of the claim's quantity;
-    ``p`` the decisive test's p (TOST, or one-sided for superiority); ``exact``: no spread."""
+    ``p`` the decisive test's p (TOST, or one-sided for superiority); ``p_contra`` the p of the
+    test that decides `contradicted` (one-sided, beyond the band's nearer edge: < 0.025 exactly
+    when the 95% interval lies wholly outside); ``exact``: no spread (decided exactly when the
+    claim declares its quantity deterministic); ``no_spread``: no spread in a measured
+    quantity, which no interval can decide (inconclusive)."""
 
     code: np.ndarray
     estimate: np.ndarray
@@ -491,6 +540,8 @@ class Decision:
     ci95_high: np.ndarray
     p: np.ndarray
     exact: np.ndarray
+    p_contra: np.ndarray
+    no_spread: np.ndarray
 
 
 def _spreadless(sample: np.ndarray, *arrays: Any) -> np.ndarray:
@@ -509,67 +560,80 @@ def _intervals(sample: np.ndarray) -> tuple[np.ndarray, ...]:
     return mean, sd, lo90, hi90, lo95, hi95
 
 
-def decide_band(x: Any, low: float, high: float, versus: Any = None) -> Decision:
+def _t_cdf(mean: np.ndarray, sd: np.ndarray, n: int, edge: float) -> np.ndarray:
+    """P(T <= t) of the one-sample t statistic of mean - edge (a one-sided p below ``edge``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (mean - edge) / (sd / math.sqrt(n))
+    return np.asarray(sps_t.cdf(t, n - 1)) if n >= 2 else np.full(np.shape(mean), np.nan)
+
+
+def _finish(code_rep: np.ndarray, code_con: np.ndarray, mean, sd, lo90, hi90, lo95, hi95,
+            p, p_contra, exact, decide_exact: bool, exact_pass: np.ndarray) -> Decision:
+    """Combine the tested decision with the spreadless columns: decided exactly where the
+    quantity is declared deterministic, inconclusive (no interval) where it is measured."""
+    no_spread = exact & (not decide_exact)
+    exact = exact & decide_exact
+    reproduced = np.where(exact, exact_pass, code_rep & ~no_spread)
+    contradicted = np.where(exact, ~exact_pass, code_con & ~no_spread)
+    p = np.where(exact, np.where(exact_pass, 0.0, 1.0), np.where(no_spread, np.nan, p))
+    p_contra = np.where(exact, np.where(exact_pass, 1.0, 0.0),
+                        np.where(no_spread, np.nan, p_contra))
+    code = np.where(reproduced, 0, np.where(contradicted, 1, 2))
+    flat = exact | no_spread
+    return Decision(code, mean, sd, np.where(flat, mean, lo90), np.where(flat, mean, hi90),
+                    np.where(flat, mean, lo95), np.where(flat, mean, hi95), p, exact, p_contra,
+                    no_spread)
+
+
+def decide_band(x: Any, low: float, high: float, versus: Any = None, *,
+                deterministic: bool = False, p_contra_decide: Any = None) -> Decision:
     """value / range / difference / equivalence: is mean(x - versus) inside [low, high]?
 
-    reproduced: TOST p < 0.05 (the 90% interval inside); contradicted: the 95% interval wholly
-    outside; spreadless columns: inside or outside exactly. x (and versus): (n,) or (n, R).
+    reproduced: TOST p < 0.05 (the 90% interval inside); contradicted: the one-sided p beyond
+    the nearer edge < 0.025, i.e. the 95% interval wholly outside (``p_contra_decide``: the
+    Holm-adjusted p the caller decides on instead). Spreadless columns: decided exactly
+    (inside or outside) when ``deterministic``, else inconclusive. x (and versus): (n,) or
+    (n, R).
     """
     x = np.asarray(x, dtype=float)
     v = None if versus is None else np.asarray(versus, dtype=float)
     sample = x if v is None else x - v
+    n = sample.shape[0]
     mean, sd, lo90, hi90, lo95, hi95 = _intervals(sample)
     p = stats.tost_p(x, low, high, v)
+    below = _t_cdf(mean, sd, n, low)  # p of "mean < low"
+    above = 1.0 - _t_cdf(mean, sd, n, high)  # p of "mean > high"
+    p_contra = np.minimum(below, above)
+    pc = p_contra if p_contra_decide is None else np.asarray(p_contra_decide, dtype=float)
     exact = _spreadless(sample, x, v)
     inside = (mean >= low) & (mean <= high)
-    reproduced = np.where(exact, inside, p < ALPHA)
-    contradicted = np.where(exact, ~inside, (lo95 > high) | (hi95 < low))
-    p = np.where(exact, np.where(inside, 0.0, 1.0), p)
-    code = np.where(reproduced, 0, np.where(contradicted, 1, 2))
-    return Decision(code, mean, sd, np.where(exact, mean, lo90), np.where(exact, mean, hi90),
-                    np.where(exact, mean, lo95), np.where(exact, mean, hi95), p, exact)
-
-
-def decide_overlap(x: Any, low: float, high: float) -> Decision:
-    """range with ``range_rule: overlap`` (a range the paper states over its settings, of which
-    a group is one): reproduced when the 95% interval overlaps [low, high] and the mean is not
-    below low; contradicted when the 95% interval lies wholly outside; spreadless columns:
-    inside or outside exactly. p: TOST's, for information."""
-    x = np.asarray(x, dtype=float)
-    mean, sd, lo90, hi90, lo95, hi95 = _intervals(x)
-    p = stats.tost_p(x, low, high, None)
-    exact = _spreadless(x, x, None)
-    inside = (mean >= low) & (mean <= high)
-    reproduced = np.where(exact, inside, (hi95 >= low) & (lo95 <= high) & (mean >= low))
-    contradicted = np.where(exact, ~inside, (hi95 < low) | (lo95 > high))
-    p = np.where(exact, np.where(inside, 0.0, 1.0), p)
-    code = np.where(reproduced, 0, np.where(contradicted, 1, 2))
-    return Decision(code, mean, sd, np.where(exact, mean, lo90), np.where(exact, mean, hi90),
-                    np.where(exact, mean, lo95), np.where(exact, mean, hi95), p, exact)
+    return _finish(p < ALPHA, pc < (1 - CONTRADICT_LEVEL) / 2, mean, sd, lo90, hi90, lo95, hi95,
+                   p, p_contra, exact, deterministic, inside)
 
 
 def decide_greater(x: Any, margin: float, versus: Any = None, over: float = 0.0,
-                   p_decide: Any = None) -> Decision:
+                   p_decide: Any = None, *, deterministic: bool = False,
+                   p_contra_decide: Any = None) -> Decision:
     """superiority: is mean(x - versus) (or mean(x) - over) above ``margin``?
 
     p: one-sided t-test (scipy ttest_rel / ttest_1samp, alternative 'greater'); reproduced when
     ``p_decide`` (default p; the caller passes the Holm-adjusted p) < 0.05; contradicted when
-    the 95% interval lies wholly below the margin (the gain reversed, or smaller than claimed).
+    the one-sided p of "below the margin" (``p_contra_decide``, default unadjusted) < 0.025,
+    i.e. the 95% interval lies wholly below the margin (the gain reversed, or smaller than
+    claimed). Spreadless columns: exact when ``deterministic``, else inconclusive.
     """
     x = np.asarray(x, dtype=float)
     v = None if versus is None else np.asarray(versus, dtype=float)
     sample = (x if v is None else x - v) - over
+    n = sample.shape[0]
     mean, sd, lo90, hi90, lo95, hi95 = _intervals(sample)
     p = stats.greater_p(x, margin + over, v)
+    p_contra = _t_cdf(mean, sd, n, margin)
     exact = _spreadless(sample, x, v)
-    above = mean > margin
-    p = np.where(exact, np.where(above, 0.0, 1.0), p)
-    pd_ = p if p_decide is None else np.where(exact, p, np.asarray(p_decide, dtype=float))
-    reproduced = np.where(exact, above, pd_ < ALPHA)
-    contradicted = np.where(exact, ~above, hi95 < margin)
-    code = np.where(reproduced, 0, np.where(contradicted, 1, 2))
-    return Decision(code, mean, sd, np.where(exact, mean, lo90), np.where(exact, mean, hi90),
-                    np.where(exact, mean, lo95), np.where(exact, mean, hi95), p, exact)
+    pd_ = p if p_decide is None else np.asarray(p_decide, dtype=float)
+    pc = p_contra if p_contra_decide is None else np.asarray(p_contra_decide, dtype=float)
+    return _finish(pd_ < ALPHA, pc < (1 - CONTRADICT_LEVEL) / 2, mean, sd, lo90, hi90, lo95,
+                   hi95, p, p_contra, exact, deterministic, mean > margin)
 
 
 def claim_band(kind: str, value: float, margin: float, rng: Sequence[float] | None = None
@@ -695,8 +759,9 @@ def _base_row(c: Mapping, study: str) -> dict[str, Any]:
         "paper_low": stats.to_float(rng[0]) if rng else np.nan,
         "paper_high": stats.to_float(rng[1]) if rng else np.nan,
         "margin": np.nan, "margin_origin": None, "estimate": np.nan, "ci_low": np.nan,
-        "ci_high": np.nan, "test": None, "p": np.nan, "p_holm": np.nan, "n": 0,
-        "seeds_needed": None, "verdict": None, "reason": None,
+        "ci_high": np.nan, "test": None, "p": np.nan, "p_holm": np.nan,
+        "p_contradict": np.nan, "p_contradict_holm": np.nan, "n": 0, "seeds_used": None,
+        "seeds_needed": None, "verdict": None, "reason": None, "device": None,
         "description": c.get("description"), "source": c.get("source"),
     }  # fmt: skip
 
@@ -740,6 +805,51 @@ def _claim_groups(c: Mapping, idx: _Cells, run_methods: Sequence[str]
     return [], f"no group where {' and '.join(sides)} both have cells"
 
 
+def device_class(device: Any) -> str | None:
+    """The class of a result's provenance device ('cpu' -> cpu, 'cuda:0' / 'mps' -> accelerator);
+    None when the result does not record it."""
+    if device is None or (isinstance(device, float) and math.isnan(device)):
+        return None
+    text = str(device).strip().lower()
+    if not text:
+        return None
+    return "cpu" if text.split(":")[0] == "cpu" else "accelerator"
+
+
+def _devices(cells: Any, idx: Iterable[int]) -> list[Any]:
+    if "device" not in getattr(cells, "columns", ()):
+        return [None for _ in idx]
+    col = cells["device"].to_numpy()
+    return [col[i] for i in idx]
+
+
+def _device_refusal(c: Mapping, devices: Sequence[Any]) -> str | None:
+    """Why a claim that holds on one device class cannot be judged on these cells, or None."""
+    need = c.get("device") or "any"
+    if need == "any":
+        return None
+    classes = {device_class(d) for d in devices}
+    if classes == {need}:
+        return None
+    seen = ", ".join(sorted({str(d) for d in devices if device_class(d) is not None})) \
+        or "a device the results do not record"
+    return f"needs {'an accelerator' if need == 'accelerator' else 'a CPU'}; these cells ran on {seen}"
+
+
+def _dropped_note(cells: Any, side: str, idx: np.ndarray, x_map: Mapping[int, float],
+                  metric: str) -> list[str]:
+    """The seeds of one side with no value, each with why (its status, or no value)."""
+    seeds = cells["seed"].to_numpy()
+    status = cells["status"].to_numpy() if "status" in cells.columns else None
+    out = []
+    for i in idx:
+        s = int(seeds[i])
+        if not math.isfinite(x_map[s]):
+            st = str(status[i]) if status is not None else "ok"
+            out.append(f"seed {s} ({side}: {st if st != 'ok' else 'no value of ' + metric})")
+    return out
+
+
 def _evaluate_group(c: Mapping, g: Mapping[str, str], idx: _Cells, row: dict,
                     margin: float) -> Decision | None:
     """Fill the row's numbers for one group; returns the decision, or None (not testable)."""
@@ -754,7 +864,7 @@ def _evaluate_group(c: Mapping, g: Mapping[str, str], idx: _Cells, row: dict,
     if m_none and g["budget"] != "none":
         notes.append(f"{c['method']} at budget none")
     x_map = _seed_map(idx.cells, m_idx, vals)
-    v_map = None
+    v_map, v_idx = None, None
     if c.get("versus") is not None:
         v_idx, v_none = idx.resolve(str(c["versus"]), g)
         assert v_idx is not None
@@ -766,12 +876,28 @@ def _evaluate_group(c: Mapping, g: Mapping[str, str], idx: _Cells, row: dict,
                 f"claim {c['id']!r}, group {_group_text(g)}: {c['method']} has seeds "
                 f"{sorted(x_map)} but {c['versus']} has {sorted(v_map)}; run the missing cells "
                 "or remove them")
+    used = [*m_idx, *([] if v_idx is None else v_idx)]
+    devices = _devices(idx.cells, used)
+    row["device"] = ", ".join(sorted({str(d) for d in devices if device_class(d) is not None})) \
+        or None
+    refusal = _device_refusal(c, devices)
+    if refusal:
+        _not_testable(row, refusal)
+        return None
     seeds = sorted(k for k in x_map if math.isfinite(x_map[k])
                    and (v_map is None or math.isfinite(v_map[k])))
     row["n"] = len(seeds)
+    row["seeds_used"] = ",".join(str(s) for s in seeds) or None
+    dropped = _dropped_note(idx.cells, str(c["method"]), m_idx, x_map, metric)
+    if v_map is not None:
+        dropped += _dropped_note(idx.cells, str(c["versus"]), v_idx, v_map, metric)
+    if dropped:
+        notes.append(f"decided on {len(seeds)} of {len(x_map)} seeds: dropped "
+                     + ", ".join(dropped))
     if len(seeds) < MIN_SEEDS:
         have = "no value" if not seeds else f"{len(seeds)} value"
-        _not_testable(row, f"{have} of {metric} in ok cells here; need >= {MIN_SEEDS} seeds")
+        why = f"; dropped {', '.join(dropped)}" if dropped else ""
+        _not_testable(row, f"{have} of {metric} in ok cells here; need >= {MIN_SEEDS} seeds{why}")
         return None
     x = np.array([x_map[s] for s in seeds])
     v = None if v_map is None else np.array([v_map[s] for s in seeds])
@@ -789,61 +915,74 @@ def _evaluate_group(c: Mapping, g: Mapping[str, str], idx: _Cells, row: dict,
     row["margin"] = margin
     if c.get("value") is not None:
         row["paper_value"] = stats.to_float(c["value"]) * scale
+    det = bool(c.get("deterministic"))
     if kind == "superiority":
         over = stats.to_float(c["over"]) if c.get("over") is not None else 0.0
-        d = decide_greater(x, margin, v, over)
+        d = decide_greater(x, margin, v, over, deterministic=det)
         row["test"] = ("one-sided one-sample t-test (scipy ttest_1samp)" if v is None
                        else "one-sided paired t-test (scipy ttest_rel)")
         row["_band"] = (margin, math.inf)
     else:
         low, high = claim_band(kind, stats.to_float(c.get("value", 0.0) or 0.0) * scale, margin,
                                [stats.to_float(r) for r in c["range"]] if kind == "range" else None)
-        if kind == "range" and c.get("range_rule") == "overlap":
-            d = decide_overlap(x, low, high)
-            row["test"] = "95% t-interval overlaps the range, mean not below its low end"
-        else:
-            d = decide_band(x, low, high, v)
-            row["test"] = ("TOST, paired by seed (statsmodels ttost_paired)" if v is not None
-                           else "TOST, one sample (statsmodels DescrStatsW.ttost_mean)")
+        d = decide_band(x, low, high, v, deterministic=det)
+        row["test"] = ("TOST, paired by seed (statsmodels ttost_paired)" if v is not None
+                       else "TOST, one sample (statsmodels DescrStatsW.ttost_mean)")
         row["_band"] = (low, high)
     if bool(d.exact[()]):
-        row["test"] = "exact (no seed-to-seed spread)"
+        row["test"] = "exact (deterministic quantity, no seed-to-seed spread)"
+    elif bool(d.no_spread[()]):
+        row["test"] = "none (no seed-to-seed spread in a measured quantity)"
     row["estimate"] = float(d.estimate[()])
     row["ci_low"], row["ci_high"] = float(d.ci_low[()]), float(d.ci_high[()])
     row["p"] = float(d.p[()])
+    row["p_contradict"] = float(d.p_contra[()])
     row["_notes"] = notes
     row["_x"], row["_v"] = x, v
     return d
 
 
-def _seeds_needed(c: Mapping, row: dict, d: Decision, alpha_superiority: float) -> int | None:
+HALF = (1 - CONTRADICT_LEVEL) / 2  # 0.025: the one-sided level of `contradicted`
+
+
+def _seeds_needed(c: Mapping, row: dict, d: Decision, alpha_reproduce: float,
+                  alpha_contradict: float = HALF) -> tuple[int | None, str]:
+    """(seeds, direction): how many seeds the test the estimate points to would need to decide
+    with power 0.8 at the observed spread, and which verdict it would reach ('reproduce' or
+    'contradict')."""
     mean, sd = float(d.estimate[()]), float(d.sd[()])
     low, high = row["_band"]
     if c["kind"] == "superiority":
         if mean > low:
-            return stats.seeds_one_sided(mean - low, sd, alpha_superiority, POWER)
-        return stats.seeds_one_sided(low - mean, sd, (1 - CONTRADICT_LEVEL) / 2, POWER)
-    if low < mean < high and c.get("range_rule") != "overlap":
-        return stats.seeds_tost(mean, sd, low, high, ALPHA, POWER)
+            return stats.seeds_one_sided(mean - low, sd, alpha_reproduce, POWER), "reproduce"
+        return stats.seeds_one_sided(low - mean, sd, alpha_contradict, POWER), "contradict"
+    if low < mean < high:
+        return stats.seeds_tost(mean, sd, low, high, alpha_reproduce, POWER), "reproduce"
     edge = low if mean <= low else high
-    return stats.seeds_one_sided(abs(mean - edge), sd, (1 - CONTRADICT_LEVEL) / 2, POWER)
+    return (stats.seeds_one_sided(abs(mean - edge), sd, alpha_contradict, POWER),
+            "contradict")
 
 
 def _reason(c: Mapping, row: dict, d: Decision, code: int) -> str:
     low, high = row["_band"]
     superiority = c["kind"] == "superiority"
     band = f"the margin {_fmt(low)}" if superiority else f"the band [{_fmt(low)}, {_fmt(high)}]"
+    p_holm = row.get("p_holm", math.nan)
+    pc_holm = row.get("p_contradict_holm", math.nan)
     if bool(d.exact[()]):
         where = (("above " if code == 0 else "not above ") if superiority
                  else ("inside " if code == 0 else "outside "))
-        text = f"every seed gives {_fmt(row['estimate'])} (no spread), {where}{band}"
+        text = (f"every seed gives {_fmt(row['estimate'])} (no spread; the claim declares the "
+                f"quantity deterministic), {where}{band}")
+    elif bool(d.no_spread[()]):
+        text = (f"every seed gives {_fmt(row['estimate'])}: no seed-to-seed spread in a measured "
+                f"metric (e.g. an accuracy that moves in steps of one image), so no interval "
+                f"can decide it; run more seeds or a larger evaluation set (only a quantity "
+                f"computed without randomness is declared `deterministic: true`); vs {band}")
     elif code == 0 and c["kind"] == "superiority":
         text = f"mean gain {_fmt(row['estimate'])} > {_fmt(low)}: one-sided p = {_fmt(row['p'])}"
-        if math.isfinite(row["p_holm"]):
-            text += f", Holm-adjusted {_fmt(row['p_holm'])}"
-    elif code == 0 and c.get("range_rule") == "overlap":
-        text = (f"95% CI [{_fmt(float(d.ci95_low[()]))}, {_fmt(float(d.ci95_high[()]))}] "
-                f"overlaps {band}, mean {_fmt(row['estimate'])} not below {_fmt(low)}")
+        if math.isfinite(p_holm):
+            text += f", Holm-adjusted {_fmt(p_holm)}"
     elif code == 0:
         text = (f"90% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] inside {band} "
                 f"(TOST p = {_fmt(row['p'])})")
@@ -851,32 +990,78 @@ def _reason(c: Mapping, row: dict, d: Decision, code: int) -> str:
         lo95, hi95 = float(d.ci95_low[()]), float(d.ci95_high[()])
         side = "below" if hi95 < low else "above"
         text = f"95% CI [{_fmt(lo95)}, {_fmt(hi95)}] wholly {side} {band}"
+        if math.isfinite(pc_holm):
+            text += (f" (one-sided p = {_fmt(row['p_contradict'])}, Holm-adjusted "
+                     f"{_fmt(pc_holm)} < 0.025)")
         if c["kind"] in ("difference", "superiority") and hi95 < 0 < (
             stats.to_float(c.get("value")) if c.get("value") is not None else 1.0
         ):
             text += " (the difference is reversed)"
-    elif c.get("range_rule") == "overlap":
-        text = (f"mean {_fmt(row['estimate'])} below {_fmt(low)} while the 95% CI "
-                f"[{_fmt(float(d.ci95_low[()]))}, {_fmt(float(d.ci95_high[()]))}] reaches into "
-                f"{band}; seed-to-seed sd {_fmt(float(d.sd[()]))}")
     else:
         text = (f"90% CI [{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] vs {band}: neither "
                 f"inside nor (95% CI) wholly outside; seed-to-seed sd {_fmt(float(d.sd[()]))}")
         if c["kind"] == "superiority":
-            p = row["p_holm"] if math.isfinite(row["p_holm"]) else row["p"]
+            p = p_holm if math.isfinite(p_holm) else row["p"]
             text += f", one-sided p = {_fmt(p)}"
+        lo95, hi95 = float(d.ci95_low[()]), float(d.ci95_high[()])
+        if math.isfinite(pc_holm) and (hi95 < low or lo95 > high):
+            text += (f"; the 95% CI is wholly outside, but the contradiction's Holm-adjusted p "
+                     f"{_fmt(pc_holm)} is not below 0.025")
     notes = row.get("_notes") or []
     return text + ("; " + "; ".join(notes) if notes else "")
 
 
-def _verdict_text(code: int, seeds: int | None) -> str:
+def _verdict_text(code: int, seeds: int | None, direction: str = "reproduce",
+                  no_spread: bool = False) -> str:
     if code == 0:
         return REPRODUCED
     if code == 1:
         return CONTRADICTED
+    if no_spread:
+        return f"{INCONCLUSIVE} (no seed-to-seed spread)"
     if seeds is None:
-        return f"{INCONCLUSIVE} (more than {stats.SEEDS_MAX:,} seeds needed)"
-    return f"{INCONCLUSIVE} (about {seeds} seeds needed)"
+        return f"{INCONCLUSIVE} (more than {stats.SEEDS_MAX:,} seeds needed to {direction})"
+    return f"{INCONCLUSIVE} (about {seeds} seeds needed to {direction})"
+
+
+def _check_text(code: int, seeds: int | None, direction: str, no_spread: bool) -> str:
+    if code == 0:
+        return f"{CHECK} (consistent)"
+    if code == 1:
+        return f"{CHECK} (inconsistent)"
+    return f"{CHECK} ({_verdict_text(code, seeds, direction, no_spread)})"
+
+
+def hypothesis_key(row: Mapping[str, Any]) -> tuple:
+    """One hypothesis of a Holm family: a claim at a group, or (paired tests) a comparison at a
+    group and metric, whichever way round it is written (A vs B is B vs A)."""
+    pair = tuple(sorted({str(row.get("method")), str(row.get("versus"))}))
+    return (str(row.get("study")), row.get("claim_id"), str(row.get("metric")),
+            *(str(row.get(k)) for k in GROUP), pair)
+
+
+def holm_family(rows: Sequence[Mapping[str, Any]], primary: Iterable[str] | None,
+                p: str = "p") -> dict[int, tuple[float, int]]:
+    """The Holm family, one definition for claims.csv and paired_tests.csv: per study, the rows
+    whose metric is a primary endpoint (``primary`` None: every metric) and whose test gave a
+    finite p (column ``p``), each distinct hypothesis (:func:`hypothesis_key`) counted once.
+    Returns {row index: (Holm-adjusted p, family size)}; rows outside the family are absent."""
+    prim = None if primary is None else {str(m) for m in primary}
+    families: dict[str, dict[tuple, list[int]]] = {}
+    for i, r in enumerate(rows):
+        pv = r.get(p)
+        if pv is None or not math.isfinite(float(pv)):
+            continue
+        if prim is not None and str(r.get("metric")) not in prim:
+            continue
+        families.setdefault(str(r.get("study")), {}).setdefault(hypothesis_key(r), []).append(i)
+    out: dict[int, tuple[float, int]] = {}
+    for fam in families.values():
+        keys = list(fam)
+        for key, ph in zip(keys, stats.holm([float(rows[fam[key][0]][p]) for key in keys])):
+            for i in fam[key]:
+                out[i] = (ph, len(keys))
+    return out
 
 
 def evaluate_claims(
@@ -888,9 +1073,10 @@ def evaluate_claims(
     mechanism_checks: pd.DataFrame | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (claim, group) with the columns of CLAIMS_COLUMNS (see the module docstring
-    for the verdicts). ``cells`` is the study's cells table (bench.aggregate.cells_table);
-    ``study_cfg`` its config block (methods, primary_endpoints); ``mechanism_checks`` the
-    study's mechanism-check rows (bench.checks.checks_table)."""
+    for the verdicts). ``cells`` is the study's cells table (bench.aggregate.cells_table, with
+    a ``device`` column from each result's provenance); ``study_cfg`` its config block
+    (methods, primary_endpoints); ``mechanism_checks`` the study's mechanism-check rows
+    (bench.checks.checks_table)."""
     study_cfg = study_cfg or {}
     claims = list((doc or {}).get("claims") or [])
     idx = _Cells(cells)
@@ -927,29 +1113,49 @@ def evaluate_claims(
             if d is not None:
                 decided.append((c, row, d))
 
-    # Holm over the primary superiority claims (every group), the rest unadjusted
-    family = [(c, row) for c, row, d in decided
-              if c["kind"] == "superiority" and str(c["metric"]) in primary
-              and math.isfinite(row["p"])]
-    for (c, row), ph in zip(family, stats.holm([row["p"] for _, row in family])):
-        row["p_holm"] = ph
-    k = len(family)
+    # Holm (holm_family): `reproduced` of a superiority claim over the primary superiority
+    # claims; `contradicted` over every primary claim. Checks and untested rows stay out.
+    tested = [(c, row) for c, row, d in decided
+              if c.get("check") is None and not bool(d.exact[()]) and not bool(d.no_spread[()])]
+    sup = [(c, row) for c, row in tested if c["kind"] == "superiority"]
+    rep = holm_family([row for _, row in sup], primary, "p")
+    con = holm_family([row for _, row in tested], primary, "p_contradict")
+    k_rep = {id(row): rep[i] for i, (_, row) in enumerate(sup) if i in rep}
+    k_con = {id(row): con[i] for i, (_, row) in enumerate(tested) if i in con}
     for c, row, d in decided:
-        alpha_sup = ALPHA
-        if c["kind"] == "superiority":
-            if math.isfinite(row["p_holm"]):
-                row["test"] += f"; Holm over {k} primary superiority claims"
-                alpha_sup = ALPHA / k  # seeds_needed: the Bonferroni bound of Holm's threshold
+        alpha_rep, alpha_con = ALPHA, HALF
+        p_rep = p_con = None
+        if id(row) in k_rep:
+            row["p_holm"], k = k_rep[id(row)]
+            row["test"] += f"; Holm over {k} primary superiority claims"
+            alpha_rep, p_rep = ALPHA / k, row["p_holm"]
+        elif c["kind"] == "superiority" and c.get("check") is None:
+            row["test"] += "; secondary endpoint: unadjusted"
+        if id(row) in k_con:
+            row["p_contradict_holm"], k = k_con[id(row)]
+            row["test"] += f"; contradicted: Holm over {k} primary claims"
+            alpha_con, p_con = HALF / k, row["p_contradict_holm"]
+        if p_rep is not None or p_con is not None:
+            det = bool(c.get("deterministic"))
+            if c["kind"] == "superiority":
                 d = decide_greater(row["_x"], row["_band"][0], row["_v"],
                                    stats.to_float(c["over"]) if c.get("over") is not None else 0.0,
-                                   p_decide=row["p_holm"])
+                                   p_decide=p_rep, deterministic=det, p_contra_decide=p_con)
             else:
-                row["test"] += "; secondary endpoint: unadjusted"
+                d = decide_band(row["_x"], *row["_band"], row["_v"], deterministic=det,
+                                p_contra_decide=p_con)
         code = int(d.code[()])
-        seeds = _seeds_needed(c, row, d, alpha_sup) if code == 2 else None
+        seeds, direction = (_seeds_needed(c, row, d, alpha_rep, alpha_con)
+                            if code == 2 and not bool(d.no_spread[()]) else (None, ""))
         row["seeds_needed"] = seeds
-        row["verdict"] = _verdict_text(code, seeds)
-        row["reason"] = _reason(c, row, d, code)
+        no_spread = bool(d.no_spread[()])
+        if c.get("check") is not None:
+            row["verdict"] = _check_text(code, seeds, direction, no_spread)
+            row["reason"] = (f"a consistency check of our own model, not a reproduction "
+                             f"({c['check']}): {_reason(c, row, d, code)}")
+        else:
+            row["verdict"] = _verdict_text(code, seeds, direction, no_spread)
+            row["reason"] = _reason(c, row, d, code)
 
     _apply_guards(claims, rows)
     _apply_failures(claims, rows, mechanism_checks)
@@ -987,18 +1193,33 @@ def _apply_guards(claims: Sequence[Mapping], rows: list[dict]) -> None:
                 row["reason"] += f"; guard claim {gid} reproduced here"
 
 
+def method_checks(claims: Sequence[Mapping]) -> dict[str, set[str]]:
+    """The mechanism checks each method's claims require (as method or versus): a value or
+    range claim of a method needs them too, whether or not it lists them."""
+    out: dict[str, set[str]] = {}
+    for c in claims:
+        for m in (c.get("method"), c.get("versus")):
+            if m is not None:
+                out.setdefault(str(m), set()).update(c.get("requires") or [])
+    return out
+
+
 def _apply_failures(claims: Sequence[Mapping], rows: list[dict],
                     mechanism_checks: pd.DataFrame | None) -> None:
     if mechanism_checks is None or mechanism_checks.empty:
         return
     by_claim = {c["id"]: c for c in claims}
+    inherited = method_checks(claims)
     for row in rows:
-        requires = by_claim[row["claim_id"]].get("requires") or []
+        c = by_claim[row["claim_id"]]
+        requires = set(c.get("requires") or [])
+        if c["kind"] in ("value", "range") and c.get("method") is not None:
+            requires |= inherited.get(str(c["method"]), set())
         if not requires or row["verdict"].startswith(NOT_TESTABLE) or row["model"] is None:
             continue
-        sides = [m for m in (row["method"], by_claim[row["claim_id"]].get("versus")) if m]
+        sides = [m for m in (row["method"], c.get("versus")) if m]
         group = {k: row[k] for k in GROUP}
-        failed = check_failures(mechanism_checks, requires, sides, group)
+        failed = check_failures(mechanism_checks, sorted(requires), sides, group)
         if failed:
             row["reason"] = f"verdict would be {row['verdict']}: " + (row["reason"] or "")
             row["verdict"] = f"{WITHHELD} (mechanism check failed: {'; '.join(failed)})"
@@ -1034,8 +1255,10 @@ def paper_check_rows(c: Mapping) -> list[dict[str, Any]]:
     code = int(d.code[()])
     row.update(estimate=float(d.estimate[()]), ci_low=float(d.ci_low[()]),
                ci_high=float(d.ci_high[()]), p=float(d.p[()]))
-    seeds = _seeds_needed(c, row, d, ALPHA) if code == 2 else None
-    verdict = _verdict_text(code, seeds)
+    seeds, direction = (_seeds_needed(c, row, d, ALPHA) if code == 2
+                        and not bool(d.no_spread[()]) else (None, ""))
+    row["p_contradict"] = float(d.p_contra[()])
+    verdict = _verdict_text(code, seeds, direction, bool(d.no_spread[()]))
     p2 = float(stats.paired_test(dict(enumerate(x)), dict(enumerate(v)), min_pairs=2)["p"])
     rows.append({
         "claim_id": c["id"], "check": f"{c['kind']} on the paper's own runs",
