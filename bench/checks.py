@@ -1,5 +1,5 @@
 """Mechanism checks: invariants a study's mechanism must show for its verdicts to mean anything
-(../shared/DESIGN.md, "Mechanism checks").
+(docs/design.md, "Claims and verdicts").
 
 A study registers one function that reads its results (the parsed `result.json` documents of
 every cell of the study) and returns one `Check` per (check, method, group[, seed]):

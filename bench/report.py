@@ -6,7 +6,7 @@ docs/contracts.md "Tables"), draws the figures with matplotlib, and renders
 script, a print stylesheet) and `reports/report.tex.j2` (booktabs longtables, PDF figures under
 `figures/`; every scorecard, table and figure also its own `\\input`-able file under `tex/`).
 
-Verdict first (DESIGN.md "The report"): the page opens on an overview (per paper, its claims by
+Verdict first (docs/design.md): the page opens on an overview (per paper, its claims by
 verdict, failed mechanism checks, cells), then per study a scorecard (`scorecard_table`: every
 claim and group with its verdict badge, statement, the paper's number, the reproduced estimate
 with its 90% CI and the seeds a decisive verdict would need, the mechanism checks of each group

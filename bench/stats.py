@@ -232,7 +232,8 @@ def holm(pvalues: Sequence[Any]) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------
-# the verdict rule's building blocks (bench.claims applies them; DESIGN.md "Claims and verdicts")
+# the verdict rule's building blocks (bench.claims applies them; docs/design.md, "Claims and
+# verdicts")
 #
 # Every function takes the per-seed sample along axis 0: shape (n,) for one group, or (n, R)
 # for R simulated reproductions at once (the calibration in tests/test_claims.py), and returns

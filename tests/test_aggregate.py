@@ -117,7 +117,7 @@ def restwake_results(overrides=None):
 
 RW_CLAIMS = {
     "study": "restwake",
-    "paper": {"title": "Rest-Wake training", "citation": "seed 000"},
+    "paper": {"title": "Rest-Wake training", "citation": "MDPI, 2025"},
     "claims": [
         {"id": "sgd_val_acc", "description": "SGD final val acc", "source": "Table 2",
          "kind": "value", "scope": "thesis", "method": "sgd", "metric": "val_acc",

@@ -210,7 +210,7 @@ def test_activation_bytes_of_step_leaves_the_model_untouched() -> None:
 
 
 def test_resnet18_cifar_reference_activation_memory() -> None:
-    # Reference (DESIGN.md): torchvision-style CIFAR ResNet-18, fp32, batch 128, 32x32 saves
+    # Reference (docs/design.md): torchvision-style CIFAR ResNet-18, fp32, batch 128, 32x32 saves
     # about 574 MiB for a forward + loss; its parameters are 42.6 MiB.
     torch.manual_seed(0)
     model = build_model("resnet18_cifar", 10, 3, {})

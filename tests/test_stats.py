@@ -7,7 +7,7 @@ import pytest
 from bench import stats
 from bench.errors import BenchError
 
-# Rest-Wake paper (METHODS.md, study restwake): per-run values as printed
+# Rest-Wake paper (bench/studies/restwake/METHODS.md): per-run values as printed
 VAL_ACC = {
     "sgd": [0.8263, 0.8311, 0.8384],
     "original": [0.8314, 0.8313, 0.8228],
@@ -119,7 +119,7 @@ def test_restwake_paired_p_is_not_the_papers(a, b):
     assert r["t"] == pytest.approx(t, rel=1e-9)
     assert r["p"] == pytest.approx(p, rel=1e-9)
     assert r["d_z"] == pytest.approx(mean / sd, rel=1e-9)
-    assert 0.61 < r["p"] < 0.71  # METHODS.md: pairwise p 0.62-0.70, never the paper's 0.0919
+    assert 0.61 < r["p"] < 0.71  # its own runs: pairwise p 0.62-0.70, never the paper's 0.0919
     assert abs(r["p"] - 0.0919) > 0.5
 
 

@@ -1,4 +1,4 @@
-"""The layout contract (../shared/DESIGN.md, "Layout"): one folder per paper under
+"""The layout contract (docs/design.md, "Layout"): one folder per paper under
 bench/studies/, a harness that names no study, studies that import the harness and never each
 other, and a new paper added with `bench new-study` that runs and is tested without touching any
 file outside its folder and the configs."""

@@ -1,4 +1,4 @@
-"""The studies: one package per paper, `bench/studies/<study>/` (../shared/DESIGN.md, "Layout").
+"""The studies: one package per paper, `bench/studies/<study>/` (docs/design.md, "Layout").
 
 A study package holds its README (the paper, its claims, every [ours] choice), `claims.yaml`,
 its methods (registered by name in `bench.methods.METHODS` when the package is imported), its

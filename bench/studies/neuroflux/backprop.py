@@ -1,4 +1,4 @@
-"""`backprop`: the reference of study `neuroflux` (../shared/METHODS.md, seed 003).
+"""`backprop`: the reference of study `neuroflux` (METHODS.md in this folder).
 
 End-to-end training with the plain loop at the largest batch that fits the cell's memory budget:
 the NeuroFlux profiler (`bench.neuroflux.profile_model`) applied to the whole model as one block

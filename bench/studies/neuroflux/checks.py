@@ -1,4 +1,4 @@
-"""Mechanism checks of study `neuroflux` (../shared/METHODS.md; bench/checks.py).
+"""Mechanism checks of study `neuroflux` (METHODS.md in this folder; bench/checks.py).
 
 One row per cell (method, group, seed):
 

@@ -1,6 +1,6 @@
 """Early exit of NeuroFlux: choosing the exit head, the exit model, its size and throughput.
 
-See the study README and ../shared/METHODS.md (study `neuroflux`)."""
+See README.md and METHODS.md in this folder."""
 
 import math
 from collections.abc import Sequence

@@ -1,5 +1,5 @@
 """`neuroflux`: block-wise adaptive local learning under a memory budget (study `neuroflux`;
-../shared/METHODS.md, seed 003). The building blocks live in this folder.
+METHODS.md in this folder). The building blocks live in this folder.
 
 `setup(run)`: holds out `holdout_fraction` of the train split (a permutation fixed per seed;
 `split.hold_out`): the blocks train on the rest, the early exit is chosen on the held-out images,

@@ -6,7 +6,7 @@ fits the budget minus `slack`. b*(u) is that batch for unit u alone.
 
 Two rules (method option `partition`):
 
-``greedy`` (default; ../shared/METHODS.md, study `neuroflux`)
+``greedy`` (default; METHODS.md in this folder)
     the first-unit rule: unit l joins the current block B when batch(B + l) >= b*(first unit of
     B) / 2, otherwise l starts a new block. Comparing with the block's *current* batch instead
     (the first implementation) lets the batch halve again and again: the first block swallows

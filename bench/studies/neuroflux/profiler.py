@@ -1,7 +1,7 @@
 """The NeuroFlux profiler: memory of one training step of a unit with its head, fitted as a*b + c,
 and the step's wall time, fitted as alpha*b + beta (the `optimal` partition's cost model).
 
-See the study README and ../shared/METHODS.md (study `neuroflux`)."""
+See README.md and METHODS.md in this folder."""
 
 import copy
 import time

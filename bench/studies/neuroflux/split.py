@@ -1,6 +1,6 @@
 """Splitting a model into NeuroFlux units, and the adaptive auxiliary heads of those units.
 
-See the study README and ../shared/METHODS.md (study `neuroflux`)."""
+See README.md and METHODS.md in this folder."""
 
 import dataclasses
 from collections import OrderedDict

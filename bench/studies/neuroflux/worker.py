@@ -1,6 +1,6 @@
 """The NeuroFlux worker: activation cache, data sources, running and training one block.
 
-See the study README and ../shared/METHODS.md (study `neuroflux`)."""
+See README.md and METHODS.md in this folder."""
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path

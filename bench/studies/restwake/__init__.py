@@ -1,3 +1,3 @@
-"""Study `restwake`: Rest-Wake training (seed 000). See README.md in this folder."""
+"""Study `restwake`: Rest-Wake training. See README.md and METHODS.md in this folder."""
 
 from bench.studies.restwake import restwake_improved, restwake_original  # noqa: F401  (register)

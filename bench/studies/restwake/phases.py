@@ -1,4 +1,4 @@
-"""What the two Rest-Wake methods share (seed 000; ../shared/METHODS.md, study `restwake`).
+"""What the two Rest-Wake methods share (METHODS.md in this folder).
 
 Each epoch is WAKE (ordinary SGD; the gradient norm of every minibatch is tracked) or REST (no
 gradient step). After a WAKE epoch a compressed (fp16) snapshot of the weights is pushed into a

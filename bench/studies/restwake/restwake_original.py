@@ -1,4 +1,4 @@
-"""`restwake_original`: Rest-Wake training, original architecture (seed 000).
+"""`restwake_original`: Rest-Wake training, original architecture.
 
 A fixed schedule [ours]: every `rest_every`-th epoch is REST (when the buffer holds enough
 snapshots, the previous epoch was not REST, and it is not the last epoch); no variance rule;

@@ -1,4 +1,4 @@
-"""What the four methods of study `sparsity_regimes` share (seed 002; ../shared/METHODS.md).
+"""What the four methods of study `sparsity_regimes` share (METHODS.md in this folder).
 
 Every method attaches `TopK` after the ReLUs of the residual blocks (`bench.studies.sparsity_regimes.topk.attach_topk`)
 in `setup` and trains with the keep ratio r its controller chose for the epoch:

@@ -1,4 +1,4 @@
-"""Mechanism checks of study `sparsity_regimes` (../shared/METHODS.md; bench/checks.py).
+"""Mechanism checks of study `sparsity_regimes` (METHODS.md in this folder; bench/checks.py).
 
 The thesis claims (S1 / S2 beat dense) mean something only if the adaptive controllers adapted:
 when both guards compared the epoch's training loss with an earlier dense epoch's, neither ever

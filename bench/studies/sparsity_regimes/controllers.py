@@ -1,5 +1,5 @@
-"""Keep-ratio controllers of the sparsity-regimes study (seed 002; ../shared/METHODS.md, study
-`sparsity_regimes`, revised controller rules).
+"""Keep-ratio controllers of the sparsity-regimes study (METHODS.md in this
+folder, "Controllers").
 
 A controller holds `r`, the keep ratio the next (or first) epoch trains at, and is stepped once
 per epoch end with what the probe measured at the current weights (`Probe`): the dense loss and

@@ -1,4 +1,4 @@
-"""`dense`: the reference of study `sparsity_regimes` (seed 002): plain training, r = 1.
+"""`dense`: the reference of study `sparsity_regimes`: plain training, r = 1.
 
 The same TopK modules as the top-k methods are attached at r = 1, where they return their input
 unchanged (bit-identical to no TopK); they only count the natural ReLU sparsity of the hooked

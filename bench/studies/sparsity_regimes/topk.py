@@ -1,5 +1,5 @@
-"""Top-k activation sparsity (seed 002; ../shared/METHODS.md,
-study `sparsity_regimes`).
+"""Top-k activation sparsity (METHODS.md in this folder, "Top-k
+constraint").
 
 `TopK(ratio, scope)`
     Per sample, keeps the k = ceil(r * C*H*W) largest entries of the layer's activation tensor

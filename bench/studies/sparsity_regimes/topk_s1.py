@@ -1,4 +1,4 @@
-"""`topk_s1`: top-k activation training, Strategy 1 (seed 002): loss-guarded compression with
+"""`topk_s1`: top-k activation training, Strategy 1 of the paper: loss-guarded compression with
 reset (`bench.studies.sparsity_regimes.controllers.LossGuardedController`): after each epoch, on
 the probe set at the current weights, if the loss at the epoch's r is within (1 + loss_tolerance)
 of the dense loss and r > r_min, r <- max(r_min, beta r); else r <- 1 (a guard or a floor reset).

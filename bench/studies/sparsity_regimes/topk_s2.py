@@ -1,4 +1,4 @@
-"""`topk_s2`: top-k activation training, Strategy 2 (seed 002): accuracy-targeted compression
+"""`topk_s2`: top-k activation training, Strategy 2 of the paper: accuracy-targeted compression
 with patience (`bench.studies.sparsity_regimes.controllers.AccuracyTargetedController`): after
 each epoch, on the probe set at the current weights, compress while the accuracy at the epoch's r
 is within `acc_margin` (2 points) of the dense accuracy; on a violation hold r for `patience`

@@ -1,4 +1,4 @@
-"""`topk_sawtooth`: the ablation of study `sparsity_regimes` (seed 002): a fixed schedule,
+"""`topk_sawtooth`: the ablation of study `sparsity_regimes`: a fixed schedule,
 r_t = r_min ** ((t mod period) / (period - 1)) (`bench.studies.sparsity_regimes.controllers.SawtoothController`): 1 at the
 start of each period, r_min at its last epoch, then back to 1. Loss and accuracy are ignored.
 """

@@ -1,5 +1,6 @@
-"""Study `tradyn`: TraDy, dynamic channel selection under a memory budget (seed 001).
-See README.md in this folder."""
+"""Study `tradyn`: TraDy, dynamic channel selection under a memory budget ("Study of
+Training Dynamics for Memory-Constrained Fine-Tuning"). See README.md and METHODS.md in this
+folder."""
 
 from bench.studies.tradyn import (  # noqa: F401  (each import registers a method or stage)
     d_det_rgn,

@@ -1,4 +1,4 @@
-"""What the eight TraDy-study methods share (seed 001; ../shared/METHODS.md, study `tradyn`).
+"""What the eight TraDy-study methods share (METHODS.md in this folder).
 
 Not a registered method. Each registered method (one file each) picks a *pool* of conv input
 channels, a *rule* (random / RGN / all / none) and whether the selection is *dynamic*

@@ -1,4 +1,4 @@
-"""Mechanism checks of study `tradyn` (../shared/METHODS.md, study `tradyn`: "every epoch of every
+"""Mechanism checks of study `tradyn` (METHODS.md in this folder: "every epoch of every
 budgeted cell uses >= 99% of its budget (or all of its pool); the selection of dynamic methods
 changes between epochs and that of static ones does not").
 

@@ -1,4 +1,4 @@
-"""`full_ft`: full fine-tuning, the reference of study `tradyn` (../shared/METHODS.md).
+"""`full_ft`: full fine-tuning, the reference of study `tradyn` (METHODS.md in this folder).
 
 Every parameter is trained (conv weights and biases, BatchNorm affine, classifier) with the
 study's optimizer; no masking. Runs only at budget 'none' (other budgets: skipped). The

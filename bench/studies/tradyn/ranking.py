@@ -1,4 +1,4 @@
-"""TraDy's offline layer ranking (paper Sec. 4; ../shared/METHODS.md, study `tradyn`).
+"""TraDy's offline layer ranking (paper Sec. 4; METHODS.md in this folder).
 
 Fine-tune with full gradients for a few epochs, accumulating each conv layer's reweighted
 gradient norm (`channels.RGNAccumulator`); keep the top-K layers that hold `fraction` of the

@@ -1,4 +1,4 @@
-"""`tradyn` (TraDy = D-TopK-Random, study `tradyn`; ../shared/METHODS.md).
+"""`tradyn` (TraDy = D-TopK-Random, study `tradyn`; METHODS.md in this folder).
 
 Every epoch: shuffle the pool of all input channels of the top-K layers uniformly at random
 (the method's checkpointed generator), walk that order and accept each channel that still fits
