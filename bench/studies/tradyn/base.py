@@ -76,8 +76,9 @@ at the epoch's start: the RGN pass), and for the budgeted methods budget_utilisa
 selected). Final metrics: the means over epochs (mean_weight_sparsity,
 mean_activation_sparsity, mean_wgrad_flops_saved, mean_selected_channels), the last epoch's
 values, mean_ and min_budget_utilisation, selection_mode (dynamic | static), selection_rule
-(random | rgn), selection_fill, distinct_selections (selection ids over the epochs),
-full_memory_units (all conv channels) and pool_channels. checks.py reads them.
+(random | rgn), selection_fill, selection_pool (all | topk), distinct_selections (selection
+ids over the epochs), full_memory_units (all conv channels) and pool_channels. checks.py reads
+them.
 """
 
 from __future__ import annotations
@@ -204,6 +205,8 @@ class TraDyBase(Method):
     rule: ClassVar[str] = "random"
     dynamic: ClassVar[bool] = True
     needs_budget: ClassVar[bool] = True
+    # "all" (every conv channel) | "topk" (the channels of the ranking's top-K layers)
+    pool_kind: ClassVar[str] = "all"
     defaults: ClassVar[dict[str, Any]] = {"train_bn": False, "save_selected_only": False,
                                           "fill": "skip"}
     metrics = ("weight_sparsity", "activation_sparsity", "wgrad_flops_saved",
@@ -211,7 +214,7 @@ class TraDyBase(Method):
                "mean_wgrad_flops_saved", "mean_selected_channels", "selected_memory_units",
                "selected_layers", "budget_units", "full_memory_units", "pool_channels",
                "mean_budget_utilisation", "min_budget_utilisation", "selection_mode",
-               "selection_rule", "selection_fill", "distinct_selections")
+               "selection_rule", "selection_fill", "selection_pool", "distinct_selections")
 
     def __init__(self, options: dict[str, Any]) -> None:
         super().__init__(options)
@@ -379,6 +382,7 @@ class TraDyBase(Method):
             out["selection_mode"] = "dynamic" if self.dynamic else "static"
             out["selection_rule"] = self.rule
             out["selection_fill"] = self.options["fill"]
+            out["selection_pool"] = self.pool_kind
             ids = [h.get("selection_id") for h in run.history]
             out["distinct_selections"] = float(len(set(ids)))
         if self.infos:

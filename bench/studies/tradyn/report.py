@@ -255,8 +255,8 @@ def efficiency(t: StudyTables) -> Table | None:
                  "input channels updated per epoch, weight-derivative sparsity, activation sparsity "
                  "and weight-derivative FLOPs saved against full fine-tuning (all conv channels, "
                  "averaged over epochs; bench.studies.tradyn.channels), the lowest share of the "
-                 "budget any epoch of any seed selected (mechanism check budget_used: >= 0.99 or "
-                 "the whole pool), the measured bytes saved for backward in one step, and final "
+                 "budget any epoch of any seed selected (mechanism check budget_used: >= 0.99), "
+                 "the measured bytes saved for backward in one step, and final "
                  "validation accuracy. Budgets in memory units (one 4-byte slot per sample) and "
                  "in kB."),
         columns=[Column("method"), Column("budget (units)", "r"), Column("budget (bytes)", "r"),

@@ -56,6 +56,7 @@ class TraDyn(TraDyBase):
     description = "TraDy (D-TopK-Random): dynamic random channels of the top-K ranked layers"
     rule = "random"
     dynamic = True
+    pool_kind = "topk"
     defaults: dict[str, Any] = {**TraDyBase.defaults, "ranking": None}
     needs_ranking = True  # the workflow provides cfg["inputs"]["ranking"]
     metrics = (*TraDyBase.metrics, "ranking_k", "conv_layers")

@@ -189,8 +189,15 @@ def test_selection_fits_the_budget_and_only_selected_slices_move(name, tmp_path)
     assert final["min_budget_utilisation"] >= 0.99
     # the mechanism checks of a tiny run: budget used every epoch, reselection as declared
     rows = checks.checks([as_result(run)])
-    assert {r.check for r in rows} == {"budget_used", "selection_dynamics"}
-    assert all(r.passed for r in rows), rows
+    alive = [r for r in rows if r.check != "topk_restricts"]
+    assert {r.check for r in alive} == {"budget_used", "selection_dynamics"}
+    assert all(r.passed for r in alive), rows
+    # a top-K method run with `ranking: all` has the whole network as its pool: the
+    # degenerate TraDy (= D-Full-Random) that topk_restricts exists to catch
+    topk = [r for r in rows if r.check == "topk_restricts"]
+    assert len(topk) == (1 if name in RANKED_POOL else 0)
+    assert not any(r.passed for r in topk), topk
+    assert final["selection_pool"] == ("topk" if name in RANKED_POOL else "all")
     assert run.method.supports(run.cfg) == (True, "")
 
 
@@ -298,6 +305,9 @@ def test_tradyn_selects_only_from_the_ranked_layers(tmp_path):
     final = run.method.final_metrics(run)
     assert final["pool_channels"] == sum(infos[i].c_in for i in ranked)
     assert final["ranking_k"] == 2.0 and final["conv_layers"] == len(infos)
+    # two ranked layers of the network: the top-K restriction is alive
+    row = checks.topk_restricts(as_result(run))
+    assert row.passed and row.value.endswith(f"K = 2 of {len(infos)} conv layers"), row
 
 
 def test_tradyn_rejects_a_ranking_for_another_model(tmp_path):
