@@ -17,7 +17,9 @@ reference cells at all pairs against the reference's cells of the same model and
 Paired tests cover every declared comparison: each method vs the study's reference, the
 study config's ``comparisons:`` and every pair a claim compares (``versus``). Holm's correction
 runs over the tested rows of the study's primary endpoints (config ``primary_endpoints:``, else
-the metrics of its thesis claims); the rest are labelled ``secondary`` and left unadjusted.
+the metrics of its thesis claims), each comparison once whichever way round it is written
+(``bench.claims.holm_family``, the family definition claims.csv uses too); the rest are
+labelled ``secondary`` and left unadjusted.
 
 Claims (``bench/studies/<study>/claims.yaml``, format in docs/contracts.md "Claims") are validated and
 decided by :mod:`bench.claims`; ``claims.csv`` has one row per claim and group.
@@ -272,6 +274,13 @@ def cells_table(results: Sequence[Mapping]) -> pd.DataFrame:
     return _frame(rows, [*CELLS_HEAD, *extra, *CELLS_TAIL])
 
 
+def devices(results: Sequence[Mapping]) -> list[Any]:
+    """Each cell's device from its result's provenance ('cpu', 'cuda:0', ...; None when not
+    recorded), in the row order of :func:`cells_table`: the claims that hold on one device
+    class (``device: accelerator``) are judged only on cells that ran on it."""
+    return [(r.get("provenance") or {}).get("device") for r in _sorted(results)]
+
+
 def history_table(results: Sequence[Mapping]) -> pd.DataFrame:
     """One row per cell and epoch; every key of the history entries whose values are numbers."""
     keys: dict[str, None] = {}
@@ -397,8 +406,8 @@ def paired_tests_table(
     declared ``(method, versus, metric)`` comparison on ``metrics`` and its own metric, in the
     groups where both methods have cells (either side may fall back to budget ``none``).
     ``endpoint`` is ``primary`` when the metric is in ``primary`` (default: every metric), else
-    ``secondary``. Holm's correction runs over the tested primary rows of each study; secondary
-    rows keep ``p_holm`` empty. Missing cells on either side of a pair raise
+    ``secondary``. Holm's correction runs over the tested primary rows of each study, each
+    comparison once (:func:`bench.claims.holm_family`); secondary rows keep ``p_holm`` empty. Missing cells on either side of a pair raise
     :class:`bench.stats.SeedMismatchError`.
     """
     metrics = list(dict.fromkeys(metrics))
@@ -458,16 +467,14 @@ def paired_tests_table(
     rows.sort(key=lambda r: (_group_sort_key(r), r["versus"] != reference, str(r["versus"]),
                              tested_order(r["metric"], metrics)))
     primary_set = set(primary) if primary else None
-    by_study: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        row["p_holm"] = np.nan
+    for row in rows:
         row["endpoint"] = ("primary" if primary_set is None or row["metric"] in primary_set
                            else "secondary")
-        if row["status"] == stats.TESTED and row["endpoint"] == "primary":
-            by_study.setdefault(row["study"], []).append(i)
-    for idxs in by_study.values():
-        for i, ph in zip(idxs, stats.holm([rows[i]["p"] for i in idxs])):
-            rows[i]["p_holm"] = ph
+    # one family definition with claims.csv (bench.claims.holm_family): per study, the tested
+    # primary rows, each comparison once (A vs B and B vs A are one hypothesis)
+    family = claims.holm_family(rows, primary_set, "p")
+    for i, row in enumerate(rows):
+        row["p_holm"] = family[i][0] if i in family else np.nan
     return _frame(rows, PAIRED_COLUMNS)
 
 
@@ -584,8 +591,8 @@ def aggregate_study(
         "paired_tests": paired_tests_table(cells, reference, metrics, comparisons=comparisons,
                                            primary=primary or None),
         "memory_summary": memory_summary_table(cells),
-        "claims": claims_table(claims_doc, cells, study_cfg, study=study,
-                               mechanism_checks=mechanism),
+        "claims": claims_table(claims_doc, cells.assign(device=devices(results)), study_cfg,
+                               study=study, mechanism_checks=mechanism),
         "paper_checks": paper_checks_table(claims_doc),
         "mechanism_checks": mechanism,
     }

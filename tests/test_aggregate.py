@@ -191,8 +191,9 @@ def test_every_table_has_the_contract_columns(tmp_path):
     assert list(t["claims"].columns) == [
         "claim_id", "study", "kind", "scope", "method", "versus", "model", "dataset", "budget",
         "metric", "paper_value", "paper_low", "paper_high", "margin", "margin_origin",
-        "estimate", "ci_low", "ci_high", "test", "p", "p_holm", "n", "seeds_needed", "verdict",
-        "reason", "description", "source",
+        "estimate", "ci_low", "ci_high", "test", "p", "p_holm", "p_contradict",
+        "p_contradict_holm", "n", "seeds_used", "seeds_needed", "verdict", "reason", "device",
+        "description", "source",
     ]  # fmt: skip
     assert list(t["paper_checks"].columns) == [
         "claim_id", "check", "stated", "recomputed", "consistent", "note",
@@ -364,8 +365,16 @@ def test_budget_groups_natural_order_and_reference_at_budget_none(tmp_path):
     one = cl[cl["claim_id"] == "tradyn_27946"].iloc[0]
     assert one["budget"] == "27946" and one["n"] == 3
     assert one["estimate"] == pytest.approx(0.88 + 0.002 * 5 / 3)
-    # 95% CI [0.873, 0.894] wholly below 0.8988 - 0.0047 (the paper's own 95% band)
-    assert one["verdict"] == "contradicted"
+    # 95% CI [0.873, 0.894] wholly below 0.8988 - 0.0047 (the paper's own 95% band): alone it
+    # would be contradicted, but val_acc is the primary endpoint (the thesis claim's metric) and
+    # `contradicted` is Holm-adjusted over the 4 primary claim rows
+    assert one["p_contradict"] < 0.025
+    fam = cl[cl["p_contradict"].notna()]
+    assert len(fam) == 4 and "contradicted: Holm over 4 primary claims" in one["test"]
+    assert fam["p_contradict_holm"].tolist() == pytest.approx(
+        stats.holm(fam["p_contradict"].tolist()))
+    assert one["p_contradict_holm"] >= 0.025
+    assert one["verdict"] == "inconclusive (about 5 seeds needed to contradict)"
     assert one["margin"] == pytest.approx(stats.mean_halfwidth(0.0019, 3))
     # a thesis claim without `where` is evaluated in every group, the group named
     anyb = cl[cl["claim_id"] == "tradyn_any"]
@@ -662,3 +671,59 @@ def test_the_workflow_declares_every_table_aggregate_writes():
     block = re.search(r"^TABLES = \[(.*?)\]", text, re.S | re.M)
     assert block, "rules/common.smk defines TABLES"
     assert re.findall(r'"(\w+)"', block.group(1)) == list(agg.TABLES)
+
+
+# ---------------------------------------------------------- issue 23: verdict rules end to end
+
+
+def test_holm_family_counts_a_comparison_once_in_paired_tests(tmp_path):
+    """A claim that compares sgd with restwake_improved adds the B-vs-A row of the reference
+    comparison; the Holm family counts that hypothesis once (it was counted twice), and the
+    family is bench.claims.holm_family, the definition claims.csv uses."""
+    claims = {"study": "restwake", "claims": [
+        {"id": "sgd_vs_improved", "source": "T", "kind": "superiority", "scope": "thesis",
+         "method": "sgd", "versus": "restwake_improved", "metric": "val_acc", "margin": 0,
+         "margin_reason": "any gain"}]}  # fmt: skip
+    sgd = RW_VAL_ACC["sgd"]
+    gains = {"restwake_improved": [0.020, 0.024, 0.021], "restwake_original": [0.010, 0.016, 0.011]}
+    results = restwake_results({(m, s): {"val_acc": sgd[s] + g[s]}
+                                for m, g in gains.items() for s in range(3)})
+    _, t, _ = run_study(tmp_path, results, claims=claims, metrics=["val_acc"])
+    p = t["paired_tests"]
+    tested = p[p["status"] == "tested"]
+    pair = ["sgd", "restwake_improved"]
+    both = tested[tested["method"].isin(pair) & tested["versus"].isin(pair)]
+    assert len(both) == 3 - 1 and len(tested) == 3  # A vs B and B vs A, and original vs sgd
+    assert both["p"].nunique() == 1 and both["p_holm"].nunique() == 1
+    distinct = tested.drop_duplicates("p")["p"].tolist()  # one p per distinct comparison
+    assert len(distinct) == 2
+    expected = dict(zip(distinct, stats.holm(distinct)))
+    assert tested["p_holm"].tolist() == pytest.approx([expected[x] for x in tested["p"]])
+    # the old family of 3 rows gave other values
+    assert tested["p_holm"].tolist() != pytest.approx(stats.holm(tested["p"].tolist()))
+
+
+def test_claims_name_dropped_seeds_and_the_device(tmp_path):
+    """A diverged seed is dropped by name and seeds_used lists the seeds the verdict rests on;
+    a claim made for accelerators is not testable on CPU cells (provenance.device) and is
+    judged on CUDA cells."""
+    claims = {"study": "restwake", "claims": [
+        {"id": "acc", "source": "T", "kind": "value", "scope": "thesis", "method": "sgd",
+         "metric": "val_acc", "value": 0.83, "margin": 0.05, "margin_reason": "r"},
+        {"id": "fast", "source": "T", "kind": "value", "scope": "thesis", "method": "sgd",
+         "metric": "val_acc", "value": 0.83, "margin": 0.05, "margin_reason": "r",
+         "device": "accelerator"}]}  # fmt: skip
+    results = restwake_results({("sgd", 2): {"status": "diverged"}})
+    _, t, _ = run_study(tmp_path / "cpu", results, claims=claims, metrics=["val_acc"])
+    by = t["claims"].set_index("claim_id")
+    assert by.loc["acc", "seeds_used"] == "0,1" and by.loc["acc", "n"] == 2
+    assert "decided on 2 of 3 seeds: dropped seed 2 (sgd: diverged)" in by.loc["acc", "reason"]
+    assert by.loc["acc", "device"] == "cpu"
+    assert by.loc["fast", "verdict"] == ("not testable (needs an accelerator; these cells ran on "
+                                         "cpu)")
+    for r in results:
+        r["provenance"]["device"] = "cuda:0"
+    _, t, _ = run_study(tmp_path / "gpu", results, claims=claims, metrics=["val_acc"])
+    by = t["claims"].set_index("claim_id")
+    assert not by.loc["fast", "verdict"].startswith("not testable")
+    assert by.loc["fast", "device"] == "cuda:0"
