@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache, partial
@@ -136,6 +137,64 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (plain YAML loaders silently keep the last)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r}", again)
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+
+    def __str__(self) -> str:
+        return (f"line {self.line}: key {self.key!r} is given twice in the same mapping (first "
+                f"on line {self.first_line}); YAML would silently keep the last one: remove "
+                f"or rename one of them")
+
+
+def unique_key_loader(base: type = yaml.SafeLoader) -> type:
+    """`base` (a safe loader, libyaml's CSafeLoader too) that refuses a key given twice in one
+    mapping with `DuplicateKeyError`; every YAML file the project reads (configs, claims) is
+    loaded with one. Merge keys (`<<`) keep YAML's meaning: the mapping's own keys win."""
+
+    def construct_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base constructor says why
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+        return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep)
+
+    loader = type(f"UniqueKey{base.__name__}", (base,), {})
+    loader.add_constructor("tag:yaml.org,2002:map", construct_mapping)
+    return loader
+
+
+YAML_LOADER = unique_key_loader(yaml.SafeLoader)
+
+
+def load_yaml_file(path: Path, what: str = "config file") -> Any:
+    """A YAML file's document (duplicate keys refused); ConfigError naming the file and line."""
+    try:
+        return yaml.load(path.read_text(), Loader=YAML_LOADER)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{what} {path}, {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    """Read each YAML file as `load_config` would (a ConfigError for a key given twice): for
+    the Snakefile, whose `config` Snakemake parsed with a loader that keeps the last one."""
+    for path in paths:
+        if Path(path).is_file():
+            load_yaml_file(Path(path))
+
+
 def load_config(paths: Iterable[str | Path]) -> dict:
     """Read and merge YAML config files (later files override earlier ones)."""
     cfg: dict = {}
@@ -143,10 +202,7 @@ def load_config(paths: Iterable[str | Path]) -> dict:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        doc = load_yaml_file(path) or {}
         if not isinstance(doc, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         cfg = deep_merge(cfg, doc)
@@ -155,7 +211,7 @@ def load_config(paths: Iterable[str | Path]) -> dict:
 
 @cache
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return yaml.load(SCHEMA_PATH.read_text(), Loader=YAML_LOADER)
 
 
 def validate_schema(cfg: dict) -> None:
@@ -311,10 +367,59 @@ def check_config(cfg: dict, deep: bool = True) -> dict:
             continue  # the checks below build models and read options the ones above vetted
         problems += cat.remembered("components", [study, s],
                                    partial(_component_problems, study, s))
-    cat.save()
+        if user_ckpt and not problems:  # not remembered: the file may change under its name
+            problems += checkpoint_problems(study, s)
     if problems:
+        cat.save()
         raise_problems(problems)
+    if deep:
+        for warning in config_warnings(cfg, cat):
+            if warning not in _WARNED:  # once per process (a Snakefile checks more than once)
+                _WARNED.add(warning)
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
+    cat.save()
     return cfg
+
+
+# A plan above this many cells gets a warning: each cell is a job Snakemake tracks and a
+# config file planning writes (also on `snakemake -n`); 10,000 seeds were once given by
+# mistake for 10 and planned 79 MB of config files before anything said so.
+LARGE_PLAN_CELLS = 2000
+_WARNED: set[str] = set()
+
+
+def config_warnings(cfg: dict, cat: Catalog | None = None) -> list[str]:
+    """What a checked config (defaults filled in) does that is valid but probably not meant:
+    budgets given to a method that ignores them (the same cells trained once per budget) and
+    a plan large enough to cost real time and disk before the first job."""
+    cat = cat or catalog()
+    out = []
+    for study, s in cfg["studies"].items():
+        default_budgets = [budget_label(b) for b in s.get("budgets") or ["none"]]
+        for label in s["methods"]:
+            own = (s.get("method_budgets") or {}).get(label)
+            budgets = [budget_label(b) for b in own] if own else default_budgets
+            given = [b for b in budgets if b != "none"]
+            impl, _ = method_impl(s, label)
+            if not given or any(cat.method_flag(impl, flag)
+                                for flag in ("sizes_to_budget", "needs_budget")):
+                continue
+            what = f"method '{label}'" + (f" (a variant of '{impl}')" if impl != label else "")
+            out.append(f"studies.{study}: {what} ignores memory budgets, yet it is given "
+                       f"{', '.join(given)}: each budget trains the same cells again (or "
+                       f"skips them). Give it `method_budgets: {{{label}: [none]}}`, or drop "
+                       f"the budgets")
+    sizes = {study: len(list(_study_cells(study, s))) for study, s in cfg["studies"].items()}
+    total = sum(sizes.values())
+    if total > LARGE_PLAN_CELLS:
+        biggest = max(sizes, key=sizes.get)
+        s = cfg["studies"][biggest]
+        out.append(f"the plan has {total:,} cells ({biggest}: {sizes[biggest]:,}, with "
+                   f"{len(seed_indices(s)):,} seeds): Snakemake tracks a job per cell and "
+                   f"planning writes a config file per cell, about {total * 4 // 1024:,} MiB "
+                   f"under {cfg['results']}/ (on `snakemake -n` too). If that is not what "
+                   f"you meant, lower `seeds` (or the other axes) first")
+    return out
 
 
 def _claims_problems(study: str, study_cfg: dict) -> list[str]:
@@ -518,6 +623,38 @@ def _component_problems(study: str, s: dict) -> list[str]:
     return problems
 
 
+def checkpoint_problems(study: str, s: dict) -> list[str]:
+    """A study's own `pretrain.checkpoint` read as the cells will read it (bench.pretrain):
+    a file of weights that fits each of the study's models, classifier aside. Without this
+    check a wrong file passed `validate` and every cell then failed, advising a pretrain rule
+    that a study with its own checkpoint does not have."""
+    import torch
+
+    from bench.errors import BenchError
+    from bench.models import build_model
+    from bench.pretrain import backbone_mismatch, read_weights
+
+    where = f"studies.{study}.pretrain.checkpoint"
+    path = s["pretrain"]["checkpoint"]
+    try:
+        state = read_weights(path)
+    except BenchError as e:
+        return [f"{where}: {e}"]
+    out = []
+    channels, _, classes = dataset_shape(s["datasets"][0], _data_options(s, s["datasets"][0]))
+    for model in s["models"]:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):  # shapes only
+            own = build_model(model, classes, channels, _model_options(s, model)).state_dict()
+        why = backbone_mismatch(own, state)
+        if why:
+            out.append(f"{where}: {path} does not fit model '{model}' at its options "
+                       f"{canonical_json(_model_options(s, model))}: {why}; point it at a "
+                       f"checkpoint of this model (same width and options), or drop "
+                       f"`checkpoint` and give pretrain.dataset and pretrain.epochs to let "
+                       f"the workflow pretrain one")
+    return out
+
+
 def dataset_shape(name: str, options: dict) -> tuple[int, int, int]:
     """(channels, image size, classes) a dataset gives under `options`, without loading it.
 
@@ -560,8 +697,55 @@ def dataset_shape(name: str, options: dict) -> tuple[int, int, int]:
         if not valid:
             raise ConfigError(f"{name}: classes must be distinct class indices in "
                               f"0..{classes - 1}, got {chosen!r}")
-        classes = len(chosen)
-    return channels, int(size), classes
+    kept = len(chosen) if chosen is not None else classes
+    if kept < 2:
+        raise ConfigError(
+            f"{name}: {'classes keeps' if chosen is not None else 'it has'} {kept} class: a "
+            f"classifier needs at least two (with one, every model scores val_acc 1.0); "
+            f"keep two or more classes")
+    _check_split_sizes(name, opts, options, classes)
+    return channels, int(size), kept
+
+
+# Images per class of each split, for the datasets whose files are fixed (digits: its content
+# is checked against bench.data.digits.CONTENT_SHA256; CIFAR: torchvision's archives): what
+# `classes`, `train_subset` and `val_subset` are checked against before any job. A dataset
+# missing here (a study's own) is checked when it loads; synthetic sizes come from its options.
+CLASS_COUNTS: dict[str, tuple[list[int], list[int]]] = {
+    "digits": ([142, 146, 142, 146, 145, 145, 145, 143, 139, 144],
+               [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]),
+    "cifar10": ([5000] * 10, [1000] * 10),
+    "cifar100": ([500] * 100, [100] * 100),
+}
+
+
+def _balanced(n: int, k: int) -> list[int]:
+    """Images per class of n images labelled position mod k (bench.data.synthetic)."""
+    return [n // k + (1 if c < n % k else 0) for c in range(k)]
+
+
+def _check_split_sizes(name: str, opts: dict, options: dict, classes: int) -> None:
+    """train_subset / val_subset no larger than the split (after `classes`), and at least two
+    training images and one validation image left: what the loader would refuse after the
+    workflow started, refused before any job."""
+    if name in CLASS_COUNTS:
+        counts = CLASS_COUNTS[name]
+    elif name == "synthetic" and isinstance(opts.get("n_train"), int):
+        counts = (_balanced(opts["n_train"], classes), _balanced(opts["n_val"], classes))
+    else:
+        return
+    chosen = options.get("classes")
+    sizes = [sum(c[i] for i in chosen) if chosen else sum(c) for c in counts]
+    kept = f" of classes {chosen}" if chosen else ""
+    for split, n, option, least in (("train", sizes[0], "train_subset", 2),
+                                    ("validation", sizes[1], "val_subset", 1)):
+        if n < least:
+            raise ConfigError(f"{name}: the {split} split{kept} holds {n} image(s), fewer than "
+                              f"{least}; keep more classes (or, for synthetic, more images)")
+        want = options.get(option)
+        if isinstance(want, int) and not isinstance(want, bool) and want > n:
+            raise ConfigError(f"{name}: {option} is {want} but the {split} split{kept} holds "
+                              f"only {n} images; use at most {n}, or null for all of them")
 
 
 # Width scales channel counts only, never the spatial layout: the shape check builds the model
@@ -929,7 +1113,8 @@ def write_cell_config(results: str | Path, cell: Cell, resolved: dict) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(resolved, indent=1, sort_keys=True) + "\n"
+    # compact (one line): a plan writes one per cell, also on `snakemake -n`
+    text = canonical_json(resolved) + "\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text)

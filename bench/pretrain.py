@@ -51,8 +51,10 @@ def pretrain(spec: dict[str, Any], out: Path, threads: int = 1, device: str = "a
     return result
 
 
-def load_backbone(model: torch.nn.Module, path: str | Path) -> None:
-    """Load every weight of `path` but the classifier into `model`, or fail clearly."""
+def read_weights(path: str | Path) -> dict[str, Any]:
+    """The weights (a state_dict) a checkpoint file holds, or a BenchError saying what it is
+    instead: missing, unreadable, code rather than tensors, or no mapping of weights.
+    `weights_only=True`: a planted file cannot run code."""
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"checkpoint {path} does not exist: run the workflow's pretrain rule "
@@ -61,26 +63,50 @@ def load_backbone(model: torch.nn.Module, path: str | Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise BenchError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
-                         f"delete it and run the pretrain rule again") from None
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise BenchError(f"checkpoint {path} cannot be read as a checkpoint of weights "
+                         f"({type(e).__name__}: {first}); give a file saved with "
+                         f"torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a training checkpoint: take its weights
-    own = model.state_dict()
+    if (not isinstance(state, dict) or not state
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                       for k, v in state.items())):
+        raise BenchError(f"checkpoint {path} holds no model weights (a mapping of names to "
+                         f"tensors, as torch.save(model.state_dict(), path) writes); give a "
+                         f"checkpoint of the study's model")
+    return state
+
+
+def backbone_mismatch(own: dict[str, Any], state: dict[str, Any]) -> str | None:
+    """How `state` fails to fit a model whose state_dict is `own` (the classifier aside), or
+    None. `own` may be a meta-device model's: only names and shapes are compared."""
     body = [k for k in own if not k.startswith(CLASSIFIER)]
     missing = [k for k in body if k not in state]
     unexpected = [k for k in state if not k.startswith(CLASSIFIER) and k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in body
               if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def some(items: list[str]) -> str:
-            return ", ".join(items[:3]) + (" ..." if len(items) > 3 else "")
+    if not (missing or unexpected or shapes):
+        return None
 
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (" ..." if len(items) > 3 else "")
+
+    return (f"{len(missing)} weights missing ({some(missing)}), {len(unexpected)} unexpected "
+            f"({some(unexpected)}), {len(shapes)} of another shape ({some(shapes)})")
+
+
+def load_backbone(model: torch.nn.Module, path: str | Path) -> None:
+    """Load every weight of `path` but the classifier into `model`, or fail clearly."""
+    state = read_weights(path)
+    own = model.state_dict()
+    why = backbone_mismatch(own, state)
+    if why:
         raise BenchError(
-            f"checkpoint {path} does not match the model ({type(model).__name__}): "
-            f"{len(missing)} weights missing ({some(missing)}), {len(unexpected)} unexpected "
-            f"({some(unexpected)}), {len(shapes)} of another shape ({some(shapes)}). Was it made "
-            f"for another model or width? Point pretrain.checkpoint at a checkpoint of this "
-            f"model, or drop it to let the pretrain rule make one")
+            f"checkpoint {path} does not match the model ({type(model).__name__}): {why}. Was "
+            f"it made for another model or width? Point pretrain.checkpoint at a checkpoint of "
+            f"this model, or drop it to let the pretrain rule make one")
+    body = [k for k in own if not k.startswith(CLASSIFIER)]
     model.load_state_dict({k: v for k, v in state.items() if k in body}, strict=False)
 
 

@@ -210,7 +210,7 @@ class Catalog:
 
     def method_flag(self, impl: str, flag: str) -> bool:
         if self._live:
-            return bool(getattr(_live()[0].get(impl), flag))
+            return bool(getattr(_live()[0].get(impl), flag, False))
         meta = self._index["methods"].get(impl)
         if meta is None:
             raise ConfigError(self.methods().unknown_message(impl))

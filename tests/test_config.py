@@ -200,6 +200,22 @@ def test_cli_validate_reports_errors_without_traceback(tmp_path):
     ({"data": {"image_size": 16, "train_subset": 1}}, "train_subset must be an integer >= 2"),
     ({"models": ["vgg16"]}, ("model 'vgg16' on dataset 'synthetic' (3x16x16 images): the model "
                              "cannot run on 16x16 images")),
+    # data larger than asked for, and a single class (val_acc 1.0), before any job
+    ({"datasets": ["digits"], "data_options": {}, "data": {"image_size": 16,
+                                                           "train_subset": 5000}},
+     "train_subset is 5000 but the train split holds only 1437 images; use at most 1437"),
+    ({"datasets": ["digits"], "data_options": {}, "data": {"image_size": 16, "classes": [0, 1],
+                                                           "val_subset": 100}},
+     "val_subset is 100 but the validation split of classes [0, 1] holds only 72 images"),
+    ({"data": {"image_size": 16, "val_subset": 65}},
+     "val_subset is 65 but the validation split holds only 64 images"),
+    ({"datasets": ["digits"], "data_options": {}, "data": {"image_size": 16, "classes": [3]}},
+     "classes keeps 1 class: a classifier needs at least two"),
+    ({"data_options": {"synthetic": {"n_train": 64, "n_val": 32, "num_classes": 1}}},
+     "it has 1 class: a classifier needs at least two"),
+    ({"data_options": {"synthetic": {"n_train": 64, "n_val": 2, "num_classes": 4}},
+      "data": {"image_size": 16, "classes": [2, 3]}},
+     "the validation split of classes [2, 3] holds 0 image(s), fewer than 1"),
 ])
 def test_bad_input_is_one_line_before_any_job(overrides, needle):
     with pytest.raises(ConfigError) as err:
@@ -268,3 +284,107 @@ def test_cell_config_file_reruns_changed_cells_only(tmp_path):
     assert new.stat().st_mtime > result.stat().st_mtime
     drop_other_cell_configs(new)  # what the job that trains the cell does
     assert new.exists() and not same.exists()
+
+
+# ----------------------------------------------------------------------------- fail early
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_with_its_lines(tmp_path):
+    """YAML keeps the last of two equal keys without a word: `lr: 0.1` then `lr: 0.01`
+    trained at 0.01."""
+    path = tmp_path / "c.yaml"
+    path.write_text("studies:\n  t:\n    epochs: 2\n    train:\n      lr: 0.1\n"
+                    "      lr: 0.01\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([path])
+    assert str(err.value) == (
+        f"config file {path}, line 6: key 'lr' is given twice in the same mapping (first on "
+        f"line 5); YAML would silently keep the last one: remove or rename one of them")
+    path.write_text("base: &b {lr: 0.1, epochs: 2}\nstudies:\n  t:\n    <<: *b\n"
+                    "    lr: 0.5\n")  # a merge key's entries may be overridden: YAML's meaning
+    assert load_config([path])["studies"]["t"] == {"lr": 0.5, "epochs": 2}
+
+
+def test_a_key_given_twice_in_a_claims_file_is_refused(tmp_path):
+    from bench.claims import load_claims
+
+    path = tmp_path / "claims.yaml"
+    path.write_text("claims:\n  - id: a\n    metric: val_acc\n    metric: val_loss\n")
+    with pytest.raises(ConfigError, match="line 4: key 'metric' is given twice"):
+        load_claims(path)
+
+
+def test_the_workflow_refuses_a_key_given_twice(tmp_path):
+    """Snakemake parses --configfile itself (keeping the last key): the Snakefile reads the
+    files again with the strict loader (bench.config.check_config_files)."""
+    from bench.config import check_config_files
+
+    path = tmp_path / "c.yaml"
+    path.write_text("threads: 1\nthreads: 2\n")
+    with pytest.raises(ConfigError, match="key 'threads' is given twice"):
+        check_config_files([path])
+    assert "check_config_files(workflow.configfiles)" in (ROOT / "rules" / "common.smk").read_text()
+
+
+def _checkpoint_cfg(path):
+    return cfg_with(pretrain={"checkpoint": str(path)})
+
+
+def test_validate_refuses_a_pretrain_checkpoint_that_is_no_checkpoint_of_the_model(tmp_path):
+    """It passed validate; each cell then failed, advising a pretrain rule that a study with
+    its own checkpoint does not have."""
+    import torch
+
+    from bench.models import build_model
+
+    notes = tmp_path / "notes.pt"
+    notes.write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot be read as a checkpoint of weights"):
+        check_config(_checkpoint_cfg(notes))
+    wide = tmp_path / "wide.pt"
+    torch.save(build_model("resnet18_cifar", 4, 3, {"width": 0.25}).state_dict(), wide)
+    with pytest.raises(ConfigError) as err:
+        check_config(_checkpoint_cfg(wide))
+    text = str(err.value)
+    assert "does not fit model 'resnet18_cifar'" in text and "of another shape" in text, text
+    assert len(text.splitlines()) == 1
+    plain = tmp_path / "plain.pt"
+    torch.save({"epochs": 3}, plain)
+    with pytest.raises(ConfigError, match="holds no model weights"):
+        check_config(_checkpoint_cfg(plain))
+    good = tmp_path / "good.pt"  # another classifier (10 classes, not 4) is fine: it is new
+    torch.save(build_model("resnet18_cifar", 10, 3, {"width": 0.125}).state_dict(), good)
+    check_config(_checkpoint_cfg(good))
+
+
+def test_budgets_given_to_a_method_that_ignores_them_are_warned_with_its_name(capsys):
+    check_config(cfg_with(budgets=["16MiB", "32MiB"], methods=["sgd", "plain"],
+                          variants={"plain": {"method": "sgd"}}))
+    err = capsys.readouterr().err
+    assert ("warning: studies.t: method 'plain' (a variant of 'sgd') ignores memory budgets, "
+            "yet it is given 16MiB, 32MiB") in err, err
+    assert "Give it `method_budgets: {sgd: [none]}`" in err, err
+    check_config(cfg_with(budgets=["16MiB"], methods=["sgd", "backprop"], reference="backprop",
+                          method_budgets={"sgd": ["none"]}))
+    assert "ignores memory budgets" not in capsys.readouterr().err  # sized to it: no warning
+
+
+def test_a_plan_of_ten_thousand_seeds_is_warned_about(capsys):
+    check_config(cfg_with(seeds=10_000))
+    err = capsys.readouterr().err
+    assert "warning: the plan has 10,000 cells (t: 10,000, with 10,000 seeds)" in err, err
+    assert "lower `seeds`" in err
+    check_config(cfg_with(seeds=3))
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_cell_config_files_are_written_compactly(tmp_path):
+    from bench.config import write_cell_config
+
+    cfg = check_config(cfg_with())
+    cell = plan(cfg)[0]
+    resolved = resolve_cell(cfg, cell)
+    path = write_cell_config(tmp_path, cell, resolved)
+    text = path.read_text()
+    assert text.count("\n") == 1 and ": " not in text  # one line, no indentation
+    assert json.loads(text) == resolved
