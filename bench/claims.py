@@ -64,6 +64,7 @@ from scipy.stats import t as sps_t
 
 from bench import stats
 from bench.checks import declared_checks, failures as check_failures
+from bench.config import unique_key_loader
 from bench.errors import ConfigError
 
 ALPHA = 0.05  # TOST and one-sided tests; the 90% interval decides "reproduced"
@@ -146,7 +147,7 @@ def load_claims(path: str | Path | None) -> dict | None:
 
 
 # libyaml's loader when present (10x faster: the config check reads every claims file)
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_LOADER = unique_key_loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # no key twice
 _LOADED: dict[tuple[str, int, int], dict] = {}  # validated files by (path, mtime, size)
 
 
