@@ -175,6 +175,17 @@ def test_a_planted_pretrained_backbone_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_a_planted_pretrain_checkpoint_is_refused_by_validate_without_running_code(tmp_path):
+    """A study's own `pretrain.checkpoint` is read at validation (before any job): weights
+    only, so a planted file is a clear config error and runs nothing."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "backbone.pt"
+    torch.save({"payload": _Plant(marker)}, path)
+    with pytest.raises(ConfigError, match="cannot be read as a checkpoint of weights"):
+        check_config(tiny(pretrain={"checkpoint": str(path)}))
+    assert not marker.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", METHODS.names())
 def test_real_checkpoints_of_every_method_load_weights_only_and_metrics_are_declared(name, tmp_path, monkeypatch):
