@@ -21,7 +21,8 @@ from bench.config import ROOT
 
 # Built from pieces, so that this file does not trip its own checks.
 OUTSIDE = [
-    (re.compile(re.escape(".." + "/shared")), "a path into a sibling folder outside the repository"),
+    (re.compile(re.escape(".." + "/shared")),
+     "a path into a sibling folder outside the repository"),
     (re.compile(re.escape("/work" + "/shared")), "an absolute path on the development machine"),
     (re.compile(r"\bshared/(?:seeds|papers|METHODS|DESIGN|STYLE)\b"),
      "a path into a folder of notes that is not in the repository"),
