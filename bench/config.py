@@ -1149,12 +1149,13 @@ def config_hash(resolved: dict) -> str:
     """First 12 hex digits of the sha256 of the canonical JSON of a resolved cell config.
 
     `threads` and `device` are excluded although they shape a CPU result (torch splits
-    reductions by thread count): the plan cannot know what they resolve to where the cell runs
-    (`device: auto` on a GPU node, the threads Snakemake grants under `--cores`), and hashing
-    them would call every existing result stale. Instead a changed setting reruns the cell (it
-    is in the rule's params), a resume under other threads or another device starts the cell
-    over (`bench.train.ENVIRONMENT_KEYS`), and `bench verify` flags a result computed with
-    other settings than the config's.
+    reductions by thread count): the plan cannot know what `device: auto` resolves to where
+    the cell runs, and hashing them would call every existing result stale. A job always runs
+    the config's `threads`, even under a smaller `--cores` (bench.cli._config_threads): one
+    config, one result. A changed setting reruns the cell (its config file changes), a resume
+    under other threads or another device starts the cell over
+    (`bench.train.ENVIRONMENT_KEYS`), and `bench verify` flags a result computed with other
+    settings than the config's.
     """
     keyed = {k: v for k, v in resolved.items() if k not in ("threads", "device")}
     return hashlib.sha256(canonical_json(keyed).encode()).hexdigest()[:12]

@@ -41,9 +41,12 @@ NAN_CHECK_EVERY = 50  # steps between divergence checks (each one syncs the devi
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines within an epoch
 # Where a cell ran, beyond its resolved config, shapes a CPU result: torch splits reductions by
 # thread count (one digits cell: val_acc 0.3167 with 1 thread, 0.3083 with 2) and another
-# device runs other kernels. Not hashed (the plan cannot know the device `auto` resolves to on
-# a node, nor the threads Snakemake grants under --cores): a checkpoint records them and a
-# resume under others starts the cell over (a new MLflow run; the old one is superseded).
+# device runs other kernels. A job runs the config's `threads`, never fewer because Snakemake
+# granted fewer cores (bench.cli._config_threads), so the count is the config's; neither is
+# hashed (the plan cannot know the device `auto` resolves to on a node, and hashing threads
+# would call every existing result stale): a changed `threads` reruns the cell through its
+# config file, a checkpoint records both and a resume under others (a caller passing other
+# `threads` to run_cell) starts the cell over (a new MLflow run; the old one is superseded).
 ENVIRONMENT_KEYS = ("threads", "device", "device_name")
 
 # Speed options (`train.precision`, `train.channels_last`), off by default: the papers' numbers
@@ -606,6 +609,9 @@ def build_run(cfg: dict[str, Any], out_dir: Path, device: torch.device) -> Run:
 def run_cell(cfg: dict[str, Any], out_path: Path, tracker: Any | None = None,
              threads: int | None = None, save_model: Path | None = None) -> dict[str, Any]:
     """Train one cell from its resolved config and write `out_path` (result.json) atomically.
+
+    `threads` (default: the config's) overrides the torch thread count; the workflow's jobs
+    always run the config's (see ENVIRONMENT_KEYS), and the result records what ran.
 
     `tracker` is a `bench.tracking.Tracker` or None (tracking off); `save_model`, if given,
     receives the final weights (state_dict) of a cell that ended ok. Returns the result dict.
