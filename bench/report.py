@@ -92,7 +92,7 @@ TEXT_COLUMNS = frozenset(
 
 MISSING_HTML = "—"
 RAGGED = r">{\raggedright\arraybackslash}p"  # LaTeX paragraph column, ragged right
-MISSING_LATEX = "--"
+MISSING_LATEX = "–"  # an en dash (LaTeX `--` once escaped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +243,10 @@ _LATEX_SPECIALS = {
     "\u200b": r"\allowbreak{}",  # a break opportunity (`breakable`)
     "\u00a0": "~",  # a no-break space
 }
-_LATEX_RE = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIALS))
+# `-(?=-)`: a hyphen followed by another is set as `-{}` so that `--config` prints two hyphens,
+# not the en dash of the `--` ligature (an en dash in the text, `–`, still becomes `--`).
+_LATEX_RE = re.compile("-(?=-)|" + "|".join(re.escape(c) for c in _LATEX_SPECIALS))
+_LATEX_SPECIALS_ALL = {**_LATEX_SPECIALS, "-": "-{}"}
 
 
 _GREEK_CAPITALS = {"GAMMA", "DELTA", "THETA", "LAMDA", "XI", "PI", "SIGMA", "UPSILON", "PHI",
@@ -268,7 +271,7 @@ def latex_escape(text: Any) -> LatexSafe:
     (`_unicode_fallback`)."""
     if isinstance(text, LatexSafe):
         return text
-    out = _LATEX_RE.sub(lambda m: _LATEX_SPECIALS[m.group(0)], str(text))
+    out = _LATEX_RE.sub(lambda m: _LATEX_SPECIALS_ALL[m.group(0)], str(text))
     return LatexSafe(re.sub(r"[^\x00-\xff]", lambda m: _unicode_fallback(m.group(0)), out))
 
 
@@ -329,6 +332,75 @@ class StudyInput:
     tracking_uri: str = ""
 
 
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
+MLFLOW_UI_ENV = "MEMREPRO_MLFLOW_UI"  # another address (a server, another port)
+
+
+@dataclass(frozen=True)
+class MlflowLinks:
+    """Links into MLflow's UI for one study: `runs` is the experiment's runs table
+    (`#/experiments/N/runs`: MLflow 3 opens a bare `#/experiments/N` on its GenAI overview),
+    `run(id)` one run's page. Empty when the experiment's id cannot be read (no store, tracking
+    off); `why` then says so."""
+
+    base: str = ""
+    experiment_id: str = ""
+    why: str = ""
+
+    @property
+    def runs(self) -> str:
+        if not (self.base and self.experiment_id):
+            return ""
+        return f"{self.base}/#/experiments/{self.experiment_id}/runs"
+
+    def run(self, run_id: Any) -> str:
+        if not self.runs or _is_missing(run_id) or not str(run_id).strip():
+            return ""
+        return f"{self.runs}/{str(run_id).strip()}"
+
+
+def mlflow_links(study: str, tracking_uri: str, ui: str | None = None) -> MlflowLinks:
+    """The MLflow UI links of a study's experiment. A `sqlite:///` store is read directly (no
+    MLflow import; read-only) and served by `mlflow ui` at MLFLOW_UI (or $MEMREPRO_MLFLOW_UI);
+    an http(s) tracking server is its own UI, asked for the experiment by name."""
+    uri = (tracking_uri or "").strip()
+    base = (ui or os.environ.get(MLFLOW_UI_ENV) or "").rstrip("/")
+    if not uri:
+        return MlflowLinks(why="no tracking URI given")
+    try:
+        if uri.startswith("sqlite:///"):
+            import sqlite3
+
+            path = Path(uri[len("sqlite:///"):])
+            if not path.is_file():
+                return MlflowLinks(why=f"no MLflow store at {path}")
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                found = con.execute("SELECT experiment_id FROM experiments WHERE name = ?",
+                                    (study,)).fetchone()
+            finally:
+                con.close()
+            base = base or MLFLOW_UI
+        elif uri.startswith(("http://", "https://")):
+            import urllib.parse
+            import urllib.request
+
+            query = urllib.parse.urlencode({"experiment_name": study})
+            with urllib.request.urlopen(
+                f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=5
+            ) as resp:
+                doc = json.loads(resp.read().decode("utf-8"))
+            found = (doc.get("experiment", {}).get("experiment_id"),)
+            base = base or uri.rstrip("/")
+        else:
+            return MlflowLinks(why=f"tracking URI {uri}: no UI address known for it")
+    except Exception as e:  # noqa: BLE001 - a report without links, saying why
+        return MlflowLinks(why=f"experiment {study} not readable from {uri} ({e})")
+    if not found or not found[0]:
+        return MlflowLinks(why=f"no experiment {study} in {uri}")
+    return MlflowLinks(base, str(found[0]))
+
+
 @dataclass
 class StudyTables:
     """A study's tables as read from disk (an absent table is an empty DataFrame)."""
@@ -345,6 +417,7 @@ class StudyTables:
     missing: list[str]  # names of the tables that were not found
     methods: list[str]  # reference first, then in order of appearance
     colors: dict[str, str]  # method -> colour, the same in every figure of the report
+    links: MlflowLinks = field(default_factory=MlflowLinks)
 
 
 @dataclass
@@ -508,7 +581,7 @@ def _render_cell(cell: Cell, *, latex: bool) -> str:
         ci = _render_cell(Cell((low, high), "ci", bounds=cell.bounds), latex=latex)
         return f"{format_number(est, latex=latex)} {ci}"
     if kind == "badge":
-        return _verdict_kind(v)
+        return _verdict_label(v)
     return format_value(v, latex=latex)
 
 
@@ -691,17 +764,43 @@ def _ordered_methods(cells: pd.DataFrame, reference: str) -> list[str]:
     return ([reference] if reference in seen else []) + [m for m in seen if m != reference]
 
 
+def _palette() -> list[str]:
+    """tab10's ten distinct hues, then tab20's lighter variants of them (a study of more than
+    ten methods)."""
+    tab10 = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab10"].colors]
+    tab20 = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab20"].colors]
+    return tab10 + tab20[1::2]
+
+
 def method_colors(methods: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per method: tab10 (tab20 beyond ten methods) in the given order."""
-    cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
-    return {m: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, m in enumerate(methods)}
+    """A fixed colour per method: tab10's distinct hues in the given order (then lighter
+    variants of them beyond ten methods)."""
+    palette = _palette()
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
 
 def share_colors(tables: Sequence[StudyTables]) -> dict[str, str]:
-    """One colour per method across every study of a report (set on each StudyTables)."""
-    colors = method_colors(list(dict.fromkeys(m for t in tables for m in t.methods)))
+    """One colour per method across every study of a report (set on each StudyTables), and
+    distinct within each study: a method keeps the colour it got in an earlier study unless
+    another method of this study has it already; a new one takes the first hue this study does
+    not use (tab10 first: a report of 17 methods over four studies no longer falls back to
+    tab20's pairs of near-identical shades)."""
+    palette = _palette()
+    colors: dict[str, str] = {}
     for t in tables:
-        t.colors = {m: colors[m] for m in t.methods}
+        used: set[str] = set()
+        own: dict[str, str] = {}
+        for m in t.methods:  # methods coloured before keep their colour where they can
+            if m in colors and colors[m] not in used:
+                own[m] = colors[m]
+                used.add(colors[m])
+        for m in t.methods:
+            if m not in own:
+                free = [c for c in palette if c not in used]
+                own[m] = (free or palette)[0]
+                used.add(own[m])
+                colors.setdefault(m, own[m])
+        t.colors = own
     return colors
 
 
@@ -728,7 +827,8 @@ def load_study_tables(study: StudyInput, colors: Mapping[str, str] | None = None
     if missing_colors:  # methods the caller did not colour: the next free colours
         fresh = method_colors([*colors, *missing_colors])
         colors.update({m: fresh[m] for m in missing_colors})
-    return StudyTables(study=study, missing=missing, methods=methods, colors=colors, **frames)
+    return StudyTables(study=study, missing=missing, methods=methods, colors=colors,
+                       links=mlflow_links(study.name, study.tracking_uri), **frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -931,23 +1031,43 @@ def memory_table(t: StudyTables) -> Table | None:
     )
 
 
-VERDICTS = ("reproduced", "contradicted", "inconclusive", "withheld", "not testable")
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "withheld", "check", "other",
+            "not testable")
+# The verdicts that decide a claim. `check` (a paper value computed from our own model: a
+# consistency check, not a reproduction) and any verdict this report does not know (`other`)
+# are listed with the decided ones but counted apart and drawn neutrally; `not testable` rows
+# go to the appendix.
+DECIDED = ("reproduced", "contradicted", "inconclusive", "withheld")
 VERDICT_COLORS = {
     "reproduced": "#1e7b34",
     "contradicted": "#b3261e",
     "inconclusive": "#a15c00",
     "withheld": "#6a3d9a",
+    "check": "#44546a",
+    "other": "#44546a",
     "not testable": "#6b6f75",
 }
 
 
 def _verdict_kind(verdict: Any) -> str:
-    """The verdict's category (bench.claims): its text up to the parenthesis."""
-    text = "" if _is_missing(verdict) else str(verdict)
+    """The verdict's category (bench.claims): its text up to the parenthesis; `other` for a
+    verdict this report does not know (rendered neutrally, counted apart), `not testable` for
+    none."""
+    text = "" if _is_missing(verdict) else str(verdict).strip()
+    if not text:
+        return "not testable"
     for v in VERDICTS:
-        if text.startswith(v):
+        if text == v or text.startswith(v + " ") or text.startswith(v + "("):
             return v
-    return "not testable"
+    return "other"
+
+
+def _verdict_label(verdict: Any) -> str:
+    """The badge's word: the category, or an unknown verdict's own first words."""
+    kind = _verdict_kind(verdict)
+    if kind != "other":
+        return kind
+    return re.split(r"\s*\(", str(verdict).strip(), maxsplit=1)[0][:24]
 
 
 def _verdict_css(verdict: Any) -> str:
@@ -1011,27 +1131,210 @@ def claim_band(r: Mapping[str, Any] | pd.Series) -> tuple[float, float] | None:
 NBSP = "\u00a0"  # keeps '± 0.02' together: a narrow column wraps before the sign, not after
 
 
+RATIO_METRIC = re.compile(r"speedup|_gain$|reduction|ratio")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How one quantity is written everywhere in the report: the findings, the scorecard, the
+    forest plot's axis and the study tables agree because they all go through `claim_unit`.
+
+    A shown value is `x * scale + offset`: an accuracy (a fraction in the CSVs) in percent, a
+    difference of accuracies in percentage points, a superiority over a constant (stored as
+    the gain over it) as the ratio itself (`0.56×`, not `-0.44`), memory in MiB.
+    """
+
+    kind: str = "plain"  # percent | points | ratio | MiB | plain
+    scale: float = 1.0
+    offset: float = 0.0
+    suffix: str = ""  # after a value: "%", " pts", "×", " MiB"
+    axis: str = ""  # the forest panel's axis label, with the unit
+
+    def value(self, x: Any) -> float | None:
+        if _is_missing(x) or not _numeric_text(x):
+            return None
+        return float(x) * self.scale + self.offset
+
+    def number(self, x: Any, *, latex: bool = False, signed: bool = False,
+               offset: bool = True) -> str:
+        """The number without its unit (a band's ends, an interval's)."""
+        if _is_missing(x) or not _numeric_text(x):
+            return MISSING_LATEX if latex else MISSING_HTML
+        v = float(x) * self.scale + (self.offset if offset else 0.0)
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        if self.kind in ("percent", "points"):
+            text = f"{v:.1f}" if abs(v) >= 1 or v == 0 else format_number(v, 2)
+        elif self.kind == "ratio":
+            text = f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+        else:
+            text = format_number(v, latex=latex)
+        if text in ("-0.0", "-0"):
+            text = text[1:]
+        if signed and v > 0:
+            text = "+" + text
+        return text
+
+    def __call__(self, x: Any, *, latex: bool = False, signed: bool = False,
+                 offset: bool = True) -> str:
+        """The number with its unit: '83.0%', '+3.1 pts', '0.56×', '430 MiB'."""
+        text = self.number(x, latex=latex, signed=signed, offset=offset)
+        if text in (MISSING_HTML, MISSING_LATEX):
+            return text
+        return text + self.suffix
+
+    def interval(self, low: Any, high: Any, *, latex: bool = False) -> str:
+        """'[82.1, 84.3]%'-style: both ends, the unit once."""
+        if _is_missing(low) and _is_missing(high):
+            return MISSING_LATEX if latex else MISSING_HTML
+        return f"[{self.number(low, latex=latex)}, {self.number(high, latex=latex)}]{self.suffix}"
+
+
+def _numeric_text(x: Any) -> bool:
+    try:
+        float(x)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def constant_of(r: Mapping[str, Any] | pd.Series) -> float | None:
+    """The constant of a superiority over a constant (versus `constant 1` -> 1.0), else None."""
+    versus = _get(r, "versus")
+    m = re.fullmatch(r"constant\s+(\S+)", "" if _is_missing(versus) else str(versus).strip())
+    if not m or not _numeric_text(m.group(1)):
+        return None
+    return float(m.group(1))
+
+
+def metric_unit(metric: Any, *, relative: bool = False) -> Unit:
+    """The unit of a metric's values (relative: of a difference of two of them)."""
+    name = "" if _is_missing(metric) else str(metric)
+    if metric_bounds(name) is not None:  # fractions: accuracies, sparsities
+        if relative:
+            return Unit("points", 100.0, 0.0, " pts",
+                        f"{name}: method − versus (percentage points)")
+        return Unit("percent", 100.0, 0.0, "%", f"{name} (%)")
+    if name.endswith("_mib"):
+        what = f"{name}: method − versus" if relative else name
+        return Unit("MiB", 1.0, 0.0, " MiB", f"{what} (MiB)")
+    if RATIO_METRIC.search(name) and not relative:
+        return Unit("ratio", 1.0, 0.0, "×", f"{name} (ratio, ×)")
+    return Unit("plain", 1.0, 0.0, "", f"{name}: method − versus" if relative else name)
+
+
+def claim_unit(r: Mapping[str, Any] | pd.Series) -> Unit:
+    """The unit a claim row's paper value, margin, estimate and interval are written in."""
+    c = constant_of(r)
+    metric = _get(r, "metric")
+    if c is not None:  # stored as the gain over c: shown as the value itself
+        base = metric_unit(metric)
+        if base.kind in ("plain", "ratio"):
+            return Unit("ratio", 1.0, c, "×", f"{metric} (ratio, ×; the claim: above {c:g}×)")
+        return Unit(base.kind, base.scale, c * base.scale, base.suffix, base.axis)
+    return metric_unit(metric, relative=_relative(_get(r, "kind")))
+
+
 def paper_text(r: Mapping[str, Any] | pd.Series, *, latex: bool = False) -> str:
-    """The paper's side of a claim in a few characters: '0.83 ± 0.02', '[430, 490]',
-    '|Δ| ≤ 0.0025', '> 0 (paper 0.0107)' (a sign and its number joined by a no-break space)."""
+    """The paper's side of a claim in its unit (`claim_unit`): '83.0% ± 2.0 pts', '[2.30,
+    6.10]×', '|Δ| ≤ 0.25 pts', '> 1.00× (paper 2.30×)', '> 0 pts' (a sign and its number joined
+    by a no-break space)."""
     kind, margin = str(_get(r, "kind")), _get(r, "margin")
     value, low, high = _get(r, "paper_value"), _get(r, "paper_low"), _get(r, "paper_high")
+    u = claim_unit(r)
+    spread = Unit(u.kind if u.kind != "percent" else "points", u.scale, 0.0,
+                  " pts" if u.kind == "percent" else u.suffix)
 
-    def n(x: Any) -> str:
-        return format_number(x, latex=latex)
-
-    pm = "" if _is_missing(margin) or float(margin) == 0 else f" ±{NBSP}{n(margin)}"
+    pm = ("" if _is_missing(margin) or float(margin) == 0
+          else f" ±{NBSP}{spread(margin, latex=latex)}")
     if kind == "range":
-        return f"[{n(low)}, {n(high)}]{pm}"
+        return f"{u.interval(low, high, latex=latex)}{pm}"
     if kind == "superiority":
-        gain = "" if _is_missing(value) else f" (paper{NBSP}{n(value)})"
-        return f">{NBSP}{n(0.0 if _is_missing(margin) else margin)}{gain}"
+        gain = "" if _is_missing(value) else f" (paper{NBSP}{u(value, latex=latex)})"
+        m = 0.0 if _is_missing(margin) else margin
+        return f">{NBSP}{u(m, latex=latex, signed=u.offset == 0)}{gain}"
     if kind == "equivalence":
-        core = f"|Δ|{NBSP}≤{NBSP}{n(margin)}"
-        return core + ("" if _is_missing(value) else f" (paper{NBSP}{n(value)})")
+        core = f"|Δ|{NBSP}≤{NBSP}{u(margin, latex=latex)}"
+        return core + ("" if _is_missing(value) else f" (paper{NBSP}{u(value, latex=latex)})")
     if _is_missing(value):
         return MISSING_LATEX if latex else MISSING_HTML
-    return f"{n(value)}{pm}"
+    return f"{u(value, latex=latex, signed=_relative(kind))}{pm}"
+
+
+def ours_text(r: Mapping[str, Any] | pd.Series, *, latex: bool = False) -> str:
+    """Our side of a claim in its unit: the mean (or seed-paired difference) and its 90% CI,
+    '82.8% [82.1, 83.5]' (the interval clipped to the metric's range, marked †)."""
+    est = _get(r, "estimate")
+    if _is_missing(est) or not _numeric_text(est):
+        return MISSING_LATEX if latex else MISSING_HTML
+    u = claim_unit(r)
+    low, high, clipped = clip_interval(_get(r, "ci_low"), _get(r, "ci_high"), claim_bounds(r))
+    text = u(est, latex=latex, signed=_relative(_get(r, "kind")) and u.offset == 0)
+    if _is_missing(low) and _is_missing(high):
+        return text
+    ci = f"[{u.number(low, latex=latex)}, {u.number(high, latex=latex)}]"
+    return f"{text} {ci}{CLIPPED_MARK if clipped else ''}"
+
+
+def _band_text(r: Mapping[str, Any] | pd.Series, u: Unit) -> str:
+    band = claim_band(r)
+    if band is None:
+        return "the paper's band"
+    if str(_get(r, "kind")) == "superiority":
+        return f"the margin {u(band[0], signed=u.offset == 0)}"
+    return f"the paper's band {u.interval(*band)}"
+
+
+def claim_reason(r: Mapping[str, Any] | pd.Series) -> str:
+    """Why the claim got its verdict, in words and in the claim's unit (the reason column of
+    claims.csv says the same in the CSV's raw fractions; it stays in the claims table)."""
+    verdict, kind = _get(r, "verdict"), str(_get(r, "kind"))
+    v = _verdict_kind(verdict)
+    detail = _verdict_detail(verdict)
+    csv_reason = "" if _is_missing(_get(r, "reason")) else str(_get(r, "reason"))
+    if v == "not testable":
+        return detail or csv_reason or "not in this run"
+    if v == "withheld":
+        return detail or csv_reason or "a mechanism check it requires failed"
+    if v not in DECIDED:  # check, or a verdict this report does not know: its own words
+        return csv_reason or detail or format_value(verdict)
+    u = claim_unit(r)
+    est = _get(r, "estimate")
+    low, high, clipped = clip_interval(_get(r, "ci_low"), _get(r, "ci_high"), claim_bounds(r))
+    band = claim_band(r)
+    band_text = _band_text(r, u)
+    no_spread = (not _is_missing(low) and not _is_missing(high) and float(low) == float(high))
+    signed = _relative(kind) and u.offset == 0
+    if no_spread:
+        where = "inside" if v == "reproduced" else "outside"
+        if kind == "superiority":
+            where = "above" if v == "reproduced" else "not above"
+        return f"every seed gives {u(est, signed=signed)} (no spread): {where} {band_text}"
+    ci = u.interval(low, high) + (CLIPPED_MARK if clipped else "")
+    if kind == "superiority":
+        p = _get(r, "p_holm") if not _is_missing(_get(r, "p_holm")) else _get(r, "p")
+        p_text = "" if _is_missing(p) else f" (one-sided p = {format_p(p)})"
+        limit = u(band[0], signed=signed) if band is not None else "the margin"
+        if v == "reproduced":
+            return f"{u(est, signed=signed)} is above {limit}{p_text}"
+        if v == "contradicted":
+            return f"95% CI wholly below {limit}: not above it"
+        return f"90% CI {ci} reaches below {limit}{p_text}; {_seeds_words(r)}"
+    if v == "reproduced":
+        return f"90% CI {ci} inside {band_text}"
+    if v == "contradicted":
+        side = "below" if band is not None and float(est) < band[0] else "above"
+        return f"95% CI wholly {side} {band_text}"
+    return f"90% CI {ci} neither inside {band_text} nor wholly outside; {_seeds_words(r)}"
+
+
+def _seeds_words(r: Mapping[str, Any] | pd.Series) -> str:
+    needed = _get(r, "seeds_needed")
+    if not _is_missing(needed) and _numeric_text(needed):
+        return f"~{int(float(needed))} seeds would decide"
+    words = _verdict_detail(_get(r, "verdict"))
+    words = words.replace("about ", "~").replace("more than ", "> ")
+    return words.replace("needed", "would decide") if words else "more seeds would decide"
 
 
 def claims_table(t: StudyTables) -> Table | None:
@@ -1046,7 +1349,7 @@ def claims_table(t: StudyTables) -> Table | None:
         Column("margin", "r"), Column("estimate", "r", latex_label="est."),
         Column("90% CI", "r"), Column("p", "r", latex_label="$p$"),
         Column("p (Holm)", "r", latex_label="$p$ (Holm)"), Column("n", "r"),
-        Column("seeds needed", "r", latex=False), Column("verdict", html="trunc"),
+        Column("seeds needed", "r", latex=False), Column("verdict and reason", html="wrap"),
     ]  # fmt: skip
     groups = []
     for key, g in _groups(df):
@@ -1061,15 +1364,14 @@ def claims_table(t: StudyTables) -> Table | None:
                 Cell(_get(r, "claim_id"), title=about, sub=kind),
                 Cell(claim_comparison(r), sub=format_value(_get(r, "metric"))),
                 Cell(paper_text(r)),
-                Cell(_get(r, "margin"), "num", title=format_value(_get(r, "margin_origin"))),
-                Cell(_get(r, "estimate"), "num"),
-                Cell((_get(r, "ci_low"), _get(r, "ci_high")), "ci", bounds=claim_bounds(r)),
+                Cell(_margin_text(r), title=format_value(_get(r, "margin_origin"))),
+                Cell(ours_text(r).split(" [")[0]),
+                Cell(_ci_text(r)),
                 Cell(_get(r, "p"), "p", title=format_value(_get(r, "test"))),
                 Cell(_get(r, "p_holm"), "p"), Cell(_get(r, "n"), "int"),
                 _seeds_cell(r),
-                Cell(verdict, css=_verdict_css(verdict),
-                     title=" — ".join(format_value(x) for x in (verdict, _get(r, "reason"))
-                                      if not _is_missing(x))),
+                Cell(verdict, css=_verdict_css(verdict), sub=format_value(_get(r, "reason"))
+                     if not _is_missing(_get(r, "reason")) else ""),
             ])  # fmt: skip
         groups.append(Group(group_label(*key), rows))
     counts = _verdict_counts(df)
@@ -1081,15 +1383,123 @@ def claims_table(t: StudyTables) -> Table | None:
             "reproduced = its 90% CI inside the paper's value ± margin (TOST; superiority: "
             "one-sided paired test, Holm over the primary claims); contradicted = the 95% CI "
             "wholly outside; otherwise inconclusive, with the seeds a decision would need. "
-            "Under each claim its scope and kind, under each comparison its metric. Hover a "
-            "claim for its statement and source, a margin for its origin, a p for its test, a "
-            "verdict for its reason; all are in claims.csv."
+            "Under each claim its scope and kind, under each comparison its metric, under each "
+            "verdict claims.csv's reason (in the CSV's fractions; the other columns in the "
+            "scorecard's units: accuracies in %, their differences in points, ratios as ×). "
+            "Statements, sources, margin origins and tests are in claims.csv."
         ),
         columns=cols,
         groups=groups,
         title="Claims",
         summary=("Claims: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
                  + f" ({len(df)} claim rows, with their statistics)"),
+    )
+
+
+def _margin_text(r: Mapping[str, Any] | pd.Series) -> str:
+    """A claim's margin in its unit (a spread: points for accuracies, not %)."""
+    margin = _get(r, "margin")
+    if _is_missing(margin):
+        return MISSING_HTML
+    u = claim_unit(r)
+    spread = Unit(u.kind if u.kind != "percent" else "points", u.scale, 0.0,
+                  " pts" if u.kind == "percent" else u.suffix)
+    return spread(margin)
+
+
+def _ci_text(r: Mapping[str, Any] | pd.Series) -> str:
+    low, high, clipped = clip_interval(_get(r, "ci_low"), _get(r, "ci_high"), claim_bounds(r))
+    if _is_missing(low) and _is_missing(high):
+        return MISSING_HTML
+    return claim_unit(r).interval(low, high) + (CLIPPED_MARK if clipped else "")
+
+
+PAPER_TABLE_METRICS = 4  # metric pairs (ours, paper) that fit a 1280 px page and A4
+
+
+def _paper_values(claims: pd.DataFrame) -> dict[tuple[str, str], list[pd.Series]]:
+    """(method, metric) -> the claim rows that state the paper's value or range of it."""
+    out: dict[tuple[str, str], list[pd.Series]] = {}
+    if claims.empty or not {"kind", "method", "metric"} <= set(claims.columns):
+        return out
+    for _, r in claims.iterrows():
+        if str(_get(r, "kind")) not in ("value", "range") or constant_of(r) is not None:
+            continue
+        has = (not _is_missing(_get(r, "paper_value")) if _get(r, "kind") == "value"
+               else not (_is_missing(_get(r, "paper_low")) or _is_missing(_get(r, "paper_high"))))
+        if has and not _is_missing(_get(r, "method")) and not _is_missing(_get(r, "metric")):
+            out.setdefault((str(_get(r, "method")), str(_get(r, "metric"))), []).append(r)
+    return out
+
+
+def paper_table(t: StudyTables) -> Table | None:
+    """The study as the paper would print it: methods as rows, per metric our mean ± std over
+    seeds (cells with status ok) with the paper's value beside it (from the claims that state
+    one: this group's row when there is one, else the paper's own setting), per group."""
+    c = t.cells
+    if c.empty or "status" not in c or "method" not in c:
+        return None
+    ok = c[c["status"] == "ok"]
+    stated = _paper_values(t.claims)
+    metrics = list(dict.fromkeys(
+        [m for _, m in stated] + [m for m in t.study.metrics]))
+    metrics = [m for m in metrics if m in ok.columns and _has(ok, m)][:PAPER_TABLE_METRICS]
+    if ok.empty or not metrics:
+        return None
+    cols = [Column("method", html="id"), Column("n", "r")]
+    for m in metrics:
+        u = metric_unit(m)
+        unit = {"percent": " (%)", "ratio": " (×)", "MiB": " (MiB)"}.get(u.kind, "")
+        cols += [Column(f"{m}{unit}: ours", "r", html="wrapnum"),
+                 Column("paper", "r", html="wrapnum")]
+    groups = []
+    for key, g in _groups(ok):
+        rows = []
+        for method in t.methods:
+            mg = g[g["method"] == method]
+            if mg.empty:
+                continue
+            row = [Cell(method, href=t.links.runs), Cell(mg["seed"].nunique()
+                                                        if "seed" in mg else len(mg), "int")]
+            for m in metrics:
+                u = metric_unit(m)
+                x = pd.to_numeric(mg[m], errors="coerce").dropna()
+                if x.empty:
+                    row.append(Cell(None))
+                else:
+                    spread = Unit(u.kind, u.scale, 0.0, "")
+                    std = float(x.std(ddof=1)) if len(x) > 1 else float("nan")
+                    text = (u.number(float(x.mean())) + (f" ± {spread.number(std)}"
+                                                        if math.isfinite(std) else "")
+                            + ({"percent": "", "ratio": "×", "MiB": ""}.get(u.kind, "")))
+                    row.append(Cell(text, title=f"mean ± sample std over {len(x)} seeds"))
+                claims = stated.get((method, m), [])
+                here = [r for r in claims
+                        if tuple(format_value(_get(r, k)) for k in GROUP_KEYS)
+                        == tuple(format_value(v) for v in key)]
+                pick = (here or claims or [None])[0]
+                if pick is None:
+                    row.append(Cell(None))
+                else:
+                    paper = paper_text(pick).split(f" ±{NBSP}")[0]
+                    if u.kind == "percent":
+                        paper = paper.replace("%", "")
+                    row.append(Cell(paper, title=" — ".join(format_value(x) for x in (
+                        _get(pick, "claim_id"), _get(pick, "source")) if not _is_missing(x))))
+            rows.append(row)
+        if rows:
+            groups.append(Group(group_label(*key), rows))
+    if not groups:
+        return None
+    return Table(
+        id=f"papertable-{slug(t.study.name)}",
+        caption=(f"Study {t.study.name} as a paper table: per method (rows) and metric, our "
+                 "mean ± sample standard deviation over n seeds (cells with status ok), the "
+                 "paper's value or range beside it (from the claims that state it; — where the "
+                 "paper states none for that method). Accuracies in %."),
+        columns=cols,
+        groups=groups,
+        title="Paper table",
     )
 
 
@@ -1212,14 +1622,18 @@ def cells_table(t: StudyTables) -> Table:
                 Cell(f"{_get(r, 'method')}{_numerics_mark(r)}"), Cell(_get(r, "seed"), "int"),
                 Cell(_get(r, "status"), css=f"status-{_get(r, 'status')}"),
                 Cell(_get(r, "val_acc"), "num"), Cell(_get(r, "reason")),
-                Cell(_get(r, "config_hash"), "code"), Cell(_get(r, "mlflow_run_id"), "code"),
+                Cell(_get(r, "config_hash"), "code"),
+                Cell(_get(r, "mlflow_run_id"), "code",
+                     href=t.links.run(_get(r, "mlflow_run_id"))),
             ]  # fmt: skip
             for r in ordered
         ]
         groups.append(Group(group_label(*key), rows))
     uri = t.study.tracking_uri
     where = (
-        f"MLflow runs in tracking store {uri} (open with: mlflow ui --backend-store-uri {uri})."
+        f"MLflow runs in tracking store {uri} (open with: mlflow ui --backend-store-uri {uri});"
+        + (f" each run id links to its run page under {t.links.runs}." if t.links.runs else
+           f" no links to them: {t.links.why}.")
         if uri
         else "MLflow tracking URI not given."
     )
@@ -1411,6 +1825,59 @@ def _plot_band(ax, s: pd.DataFrame, color: str, scale: float = 1.0, **kw) -> Non
     ax.fill_between(s.index, scale * s["min"], scale * s["max"], color=color, alpha=0.18, lw=0)
 
 
+FINAL_DIFFERS = 0.005  # a final accuracy this far (0.5 points) from the curve's end is marked
+
+
+def _final_value(t: StudyTables, method: str, key: tuple, metric: str) -> float | None:
+    """The mean over ok seeds of a cell's final `metric` (cells.csv) in a group, or None."""
+    c = t.cells
+    if c.empty or metric not in c or "status" not in c:
+        return None
+    sel = (c["status"] == "ok") & (c["method"] == method)
+    for k, v in zip(GROUP_KEYS, key):
+        sel &= c[k].astype(object).where(c[k].notna(), "").astype(str) == str(v)
+    x = pd.to_numeric(c.loc[sel, metric], errors="coerce").dropna()
+    return float(x.mean()) if len(x) else None
+
+
+def _budget_mib(budget: Any) -> float | None:
+    """A memory budget in MiB ('512MiB' -> 512, '2GiB' -> 2048); None for 'none' or a budget
+    in another unit (a study's own units)."""
+    parsed = parse_budget("" if _is_missing(budget) else str(budget))
+    if parsed is None:
+        return None
+    value, unit = parsed
+    factor = {"MiB": 1.0, "GiB": 1024.0, "KiB": 1 / 1024}.get(unit)
+    return value * factor if factor is not None else None
+
+
+def _draw_budget(ax, key: tuple) -> bool:
+    """The group's memory budget as a horizontal line on a memory axis (MiB)."""
+    mib = _budget_mib(key[2])
+    if mib is None:
+        return False
+    ax.axhline(mib, color="0.15", ls=(0, (6, 3)), lw=1.1, zorder=1)
+    ax.annotate(f"budget {key[2]}", (0.01, mib), xycoords=("axes fraction", "data"),
+                xytext=(0, 2), textcoords="offset points", fontsize=7, color="0.15")
+    return True
+
+
+# Study notes appended to a generic figure's caption: study -> figure name -> text (a study's
+# report.py registers them with `register_caption_note`).
+STUDY_CAPTION_NOTES: dict[str, dict[str, str]] = {}
+
+
+def register_caption_note(study: str, figure: str, text: str) -> None:
+    """Append `text` to the caption of the generic figure `figure` (val_acc, memory,
+    acc_memory, acc_budget) of `study`: what only the study can explain."""
+    STUDY_CAPTION_NOTES.setdefault(study, {})[figure] = text
+
+
+def _caption_note(t: StudyTables, figure: str, caption: str) -> str:
+    note = STUDY_CAPTION_NOTES.get(t.study.name, {}).get(figure)
+    return f"{caption} {note}" if note else caption
+
+
 def figure_val_acc(t: StudyTables) -> Figure:
     title = "Validation accuracy vs epoch"
     h = _ok_history(t)
@@ -1418,24 +1885,44 @@ def figure_val_acc(t: StudyTables) -> Figure:
         return Figure("val_acc", title, note="no val_acc of finished (ok) cells in history.csv")
     groups = _groups(h)
     fig, axes = _panels(len(groups))
-    present = []
+    present: list[str] = []
+    finals: list[str] = []
     for ax, (key, g) in zip(axes, groups):
         for method in t.methods:
             m = g[g["method"] == method]
             if m.empty or not _has(m, "val_acc"):
                 continue
             present.append(method)
-            _plot_band(ax, _per_epoch(m, "val_acc"), t.colors[method], scale=100.0)
+            curve = _per_epoch(m, "val_acc")
+            _plot_band(ax, curve, t.colors[method], scale=100.0)
+            final = _final_value(t, method, key, "val_acc")
+            if final is not None and abs(final - float(curve["mean"].iloc[-1])) > FINAL_DIFFERS:
+                ax.plot(curve.index[-1], 100 * final, marker="*", ms=12, color=t.colors[method],
+                        mec="black", mew=0.6, ls="none", zorder=6)
+                ax.annotate(f"final {100 * final:.1f}%", (curve.index[-1], 100 * final),
+                            xytext=(-4, 6), textcoords="offset points", ha="right",
+                            fontsize=7, color=t.colors[method])
+                finals.append(method)
         ax.set_title(group_label(*key))
         ax.set_ylabel("validation accuracy (%)")
         _epoch_axis(ax)
     fig.suptitle(f"{t.study.name}: validation accuracy vs epoch")
-    _method_legend(fig, t, dict.fromkeys(present))
+    extra = ([Line2D([], [], marker="*", ms=10, color="0.4", mec="black", ls="none",
+                     label="final model (the tables' val_acc)")] if finals else [])
+    _method_legend(fig, t, dict.fromkeys(present), extra=extra)
     caption = (
         "Validation accuracy (%) after each epoch, one panel per group: line = mean over seeds, "
         f"band = min–max over seeds ({_seed_counts(h)} per method; cells with status ok only)."
     )
-    return Figure("val_acc", title, caption, fig)
+    if finals:
+        caption += (
+            f" Star: the final model's val_acc, the number every table reports, where it differs "
+            f"from the curve's last point by more than {100 * FINAL_DIFFERS:g} points "
+            f"({', '.join(dict.fromkeys(finals))}: the curve is what the method logs per epoch, "
+            "e.g. block-wise training's own head of each block, the final value is the model it "
+            "returns, e.g. its early exit)."
+        )
+    return Figure("val_acc", title, _caption_note(t, "val_acc", caption), fig)
 
 
 def figure_memory(t: StudyTables) -> Figure:
@@ -1448,6 +1935,7 @@ def figure_memory(t: StudyTables) -> Figure:
     groups = _groups(h)
     fig, axes = _panels(len(groups))
     present = []
+    budgets = False
     for ax, (key, g) in zip(axes, groups):
         for method in t.methods:
             m = g[g["method"] == method]
@@ -1455,13 +1943,16 @@ def figure_memory(t: StudyTables) -> Figure:
                 continue
             present.append(method)
             _plot_band(ax, _per_epoch(m, col), t.colors[method])
+        budgets |= _draw_budget(ax, key)
         ax.set_ylim(bottom=0)  # memory from zero: differences drawn to scale
         ax.set_title(group_label(*key))
         ax.set_ylabel(label)
         _epoch_axis(ax)
     what = "measured" if measured else "modelled"
     fig.suptitle(f"{t.study.name}: peak memory ({what}) vs epoch")
-    _method_legend(fig, t, dict.fromkeys(present))
+    budget_handle = [Line2D([], [], color="0.15", ls=(0, (6, 3)), lw=1.1,
+                            label="memory budget of the group")]
+    _method_legend(fig, t, dict.fromkeys(present), extra=budget_handle if budgets else ())
     source = (
         "peak_alloc_mib: the accelerator's max_memory_allocated over the epoch"
         if measured
@@ -1472,9 +1963,10 @@ def figure_memory(t: StudyTables) -> Figure:
     )
     caption = (
         f"Peak memory per epoch in MiB, {source}. Line = mean, band = min–max over seeds "
-        f"({_seed_counts(h)}; cells with status ok only)."
+        f"({_seed_counts(h)}; cells with status ok only)"
+        + ("; dashed black line: the group's memory budget." if budgets else ".")
     )
-    return Figure("memory", title, caption, fig)
+    return Figure("memory", title, _caption_note(t, "memory", caption), fig)
 
 
 def figure_acc_memory(t: StudyTables) -> Figure:
@@ -1488,6 +1980,7 @@ def figure_acc_memory(t: StudyTables) -> Figure:
     groups = _groups(h)
     fig, axes = _panels(len(groups), width=4.6)
     present = []
+    budgets = False
     for ax, (key, g) in zip(axes, groups):
         ax2 = ax.twinx()
         ax2.grid(False)
@@ -1502,6 +1995,7 @@ def figure_acc_memory(t: StudyTables) -> Figure:
                     ms=3)  # fmt: skip
             ax2.plot(mem.index, mem["mean"], color=t.colors[method], lw=1.4, ls="--",
                      marker="s" if marker else None, ms=3)  # fmt: skip
+        budgets |= _draw_budget(ax2, key)
         ax.set_title(group_label(*key))
         ax2.set_ylim(bottom=0)
         ax.set_ylabel("validation accuracy (%) — solid")
@@ -1512,13 +2006,17 @@ def figure_acc_memory(t: StudyTables) -> Figure:
         Line2D([], [], color="0.3", lw=1.6, label="accuracy (left axis)"),
         Line2D([], [], color="0.3", lw=1.4, ls="--", label="memory (right axis)"),
     ]
+    if budgets:
+        styles.append(Line2D([], [], color="0.15", ls=(0, (6, 3)), lw=1.1,
+                             label="memory budget (right axis)"))
     _method_legend(fig, t, dict.fromkeys(present), extra=styles)
     caption = (
         "Mean over seeds per method: validation accuracy (%, solid, left axis) and "
         f"{'measured peak allocated' if measured else 'modelled peak'} memory "
-        "(MiB, dashed, right axis) after each epoch; one panel per group."
+        "(MiB, dashed, right axis) after each epoch; one panel per group"
+        + ("; black dashed line: the group's memory budget." if budgets else ".")
     )
-    return Figure("acc_memory", title, caption, fig)
+    return Figure("acc_memory", title, _caption_note(t, "acc_memory", caption), fig)
 
 
 def figure_acc_vs_budget(t: StudyTables) -> Figure:
@@ -1577,7 +2075,7 @@ def figure_acc_vs_budget(t: StudyTables) -> Figure:
         "Final validation accuracy (%) against the memory budget: mean ± std over seeds "
         "(cells with status ok only); dotted line: the same method without a budget."
     )
-    return Figure("acc_budget", title, caption, fig)
+    return Figure("acc_budget", title, _caption_note(t, "acc_budget", caption), fig)
 
 
 GENERIC_FIGURES: list[Callable[[StudyTables], Figure]] = [
@@ -1742,10 +2240,13 @@ def _seeds_cell(r: Mapping[str, Any] | pd.Series) -> Cell:
     return Cell(needed, "num")
 
 
-def _scorecard_row(r: pd.Series, with_group: bool) -> tuple[list[Cell], list[str]]:
-    """A claim's scorecard cells, and the methods it compares (for its mechanism checks)."""
+def _scorecard_row(r: pd.Series, with_group: bool, *, untestable: bool = False,
+                   runs_url: str = "") -> tuple[list[Cell], list[str]]:
+    """A claim's scorecard cells (verdict, statement, paper, ours, why, n; a not-testable one:
+    verdict, statement, paper, why), and the methods it compares (for its mechanism checks).
+    Every number is in the claim's unit (`claim_unit`); `runs_url` links ours to the study's
+    runs in MLflow."""
     verdict = _get(r, "verdict")
-    kind = _verdict_kind(verdict)
     statement = _get(r, "description")
     if _is_missing(statement):
         statement = _get(r, "claim_id")
@@ -1756,45 +2257,51 @@ def _scorecard_row(r: pd.Series, with_group: bool) -> tuple[list[Cell], list[str
         sub.append(format_value(_get(r, "metric")))
     if with_group and any(not _is_missing(_get(r, k)) for k in GROUP_KEYS):
         sub.append(claim_group(r))
-    if kind in ("not testable", "withheld"):
-        sub.append(_verdict_detail(verdict))
-    title = " — ".join(format_value(x) for x in (
-        statement, _get(r, "source"), verdict, _get(r, "reason")) if not _is_missing(x))
+    title = " — ".join(format_value(x) for x in (_get(r, "source"), _get(r, "reason"))
+                       if not _is_missing(x))
     methods = [str(m) for m in (_get(r, "method"), _get(r, "versus"))
                if not _is_missing(m) and not str(m).startswith("constant")]
     cells = [
         Cell(verdict, "badge", css=_verdict_css(verdict)),
         Cell(statement, title=title, sub=" · ".join(x for x in sub if x)),
         Cell(paper_text(r), title=format_value(_get(r, "margin_origin"))),
-        _estimate_cell(r),
-        Cell(_get(r, "n"), "int"),
-        _seeds_cell(r),
-    ]  # fmt: skip
+    ]
+    if not untestable:
+        cells.append(Cell(ours_text(r), href=runs_url))
+    cells.append(Cell(claim_reason(r), css="reason"))
+    if not untestable:
+        cells.append(Cell(_get(r, "n"), "int"))
     return cells, methods
 
 
 SCORECARD_CAPTION = (
     "Paper: the paper's value ± margin, range, or for a comparison the band its gain must lie "
-    "in (|Δ| ≤ margin: equivalent; > margin: superior). Reproduced: the mean, or the "
-    "seed-paired difference method − versus, with its 90% t-interval; seeds needed: how many "
-    "seeds a decisive verdict would need at the observed spread. Hover a claim for its source "
-    "and the reason of its verdict."
+    "in (|Δ| ≤ margin: equivalent; > margin: superior). Ours: the mean over seeds, or the "
+    "seed-paired difference method − versus, with its 90% t-interval, n seeds. Accuracies in "
+    "%, differences of accuracies in percentage points (pts), speed-ups and reductions as "
+    "ratios (×). Why: the verdict's reason in the same units (claims.csv's reason, in the "
+    "CSV's fractions, is in the claims table)."
 )
 
 
-def _scorecard_columns() -> list[Column]:
+def _scorecard_columns(untestable: bool = False) -> list[Column]:
+    if untestable:
+        return [Column("verdict", html="nowrap c-verdict"), Column("claim", html="wrap c-claim"),
+                Column("paper", "r", html="wrapnum c-paper"),
+                Column("why not testable", html="wrap c-why")]
     return [
-        Column("verdict"), Column("claim", html="clamp fill"),
-        Column("paper", "r", html="wrapnum"),
-        Column("reproduced (90% CI)", "r"), Column("n", "r"), Column("seeds needed", "r"),
+        Column("verdict", html="nowrap c-verdict"), Column("claim", html="wrap c-claim"),
+        Column("paper", "r", html="wrapnum c-paper"),
+        Column("ours (90% CI)", "r", html="wrapnum c-ours"),
+        Column("why", html="wrap c-why"), Column("n", "r", html="c-n"),
     ]  # fmt: skip
 
 
 def scorecard_table(t: StudyTables) -> Table | None:
     """The claims tested in this run, per group, with their verdict badge, statement, the
-    paper's number, the reproduced estimate with its 90% CI, n and the seeds a decisive verdict
-    would need; under each group the mechanism checks of the methods its claims compare.
-    None when no claim is tested here (`untestable_table` lists those)."""
+    paper's number, ours (the estimate with its 90% CI, linked to the study's runs in MLflow),
+    the verdict's reason in words and n; under each group the mechanism checks of the methods
+    its claims compare. None when no claim is tested here (`untestable_table` lists those)."""
     groups = []
     has_checks = not t.mechanism_checks.empty
     for key, rows in scorecard_order(t.claims):
@@ -1802,7 +2309,7 @@ def scorecard_table(t: StudyTables) -> Table | None:
             continue
         cells, methods = [], []
         for r in rows:
-            row, ms = _scorecard_row(r, with_group=False)
+            row, ms = _scorecard_row(r, with_group=False, runs_url=t.links.runs)
             cells.append(row)
             methods.extend(m for m in ms if m not in methods)
         footer = _check_summaries(t.mechanism_checks, key, methods) if has_checks else []
@@ -1833,12 +2340,12 @@ def untestable_table(t: StudyTables) -> Table | None:
     rows = [r for key, rs in scorecard_order(t.claims) if key is None for r in rs]
     if not rows:
         return None
-    cells = [_scorecard_row(r, with_group=True)[0] for r in rows]
+    cells = [_scorecard_row(r, with_group=True, untestable=True)[0] for r in rows]
     return Table(
         id=f"untestable-{slug(t.study.name)}",
         caption=(f"Claims of study {t.study.name} not testable in this run ({len(rows)}), each "
-                 "with the paper's number and the reason (under the claim)."),
-        columns=_scorecard_columns(),
+                 "with the paper's number and the reason."),
+        columns=_scorecard_columns(untestable=True),
         groups=[Group("", cells)],
         title="Not testable here",
         summary=f"{len(rows)} claim{'s' if len(rows) != 1 else ''} not testable in this run "
@@ -1847,21 +2354,39 @@ def untestable_table(t: StudyTables) -> Table | None:
 
 
 def _forest_label(r: pd.Series, varying: Sequence[str]) -> str:
-    """The claim id, and the parts of its group that differ between the rows of the plot."""
+    """The claim id and the methods it compares ('gap_vs_sgd: restwake − sgd'), and the parts
+    of its group that differ between the rows of the plot."""
     label = format_value(_get(r, "claim_id"))
-    if len(label) > 42:
-        label = label[:41] + "…"
+    if len(label) > 34:
+        label = label[:33] + "…"
+    method, versus = _get(r, "method"), _get(r, "versus")
+    if not _is_missing(method):
+        if constant_of(r) is not None:
+            label += f": {method}"
+        elif not _is_missing(versus):
+            label += f": {method} − {versus}"
+        else:
+            label += f": {method}"
     if not varying:
         return label
     return f"{label}  [{' / '.join(format_value(_get(r, k)) for k in varying)}]"
 
 
+def _forest_panels(rows: Sequence[pd.Series]) -> dict[str, list[pd.Series]]:
+    """The forest plot's panels: one per axis (metric and unit), in the rows' order."""
+    panels: dict[str, list[pd.Series]] = {}
+    for r in rows:
+        panels.setdefault(claim_unit(r).axis, []).append(r)
+    return panels
+
+
 def figure_forest(t: StudyTables) -> Figure:
-    """The scorecard's forest plot: one row per claim and group with an estimate, one panel per
-    metric (relative claims: the seed-paired difference method − versus): the band the
-    estimate had to lie in (shaded), the paper's value (diamond) or range (bar), the
-    reproduced estimate with its 90% CI, coloured by verdict (the verdict written at the
-    right)."""
+    """The scorecard's forest plot: one row per claim and group with an estimate (named by its
+    claim and the methods it compares), one panel per metric and unit (`claim_unit`: accuracies
+    in %, their differences in points, a superiority over a constant as the ratio itself, the
+    constant drawn as a line): the band the estimate had to lie in (shaded), the paper's value
+    (diamond) or range (bar), the reproduced estimate with its 90% CI, coloured by verdict (the
+    verdict written at the right)."""
     title = "Forest plot of the claims"
     rows = [r for key, rs in scorecard_order(t.claims) if key is not None for r in rs
             if _numeric(_get(r, "estimate")) and not _is_missing(_get(r, "estimate"))]
@@ -1870,26 +2395,29 @@ def figure_forest(t: StudyTables) -> Figure:
                "no claim has an estimate in this run (every claim is not testable here)")
         return Figure("forest", title, note=f"not drawn: {why}")
     varying = [k for k in GROUP_KEYS if len({format_value(_get(r, k)) for r in rows}) > 1]
-    panels: dict[tuple[str, bool], list[pd.Series]] = {}
-    for r in rows:
-        constant = str(_get(r, "versus") or "").startswith("constant")
-        panels.setdefault((str(_get(r, "metric")), _relative(_get(r, "kind")) or constant),
-                          []).append(r)
-    heights = [len(v) + 1.3 for v in panels.values()]
+    panels = _forest_panels(rows)
+    heights = [len(v) + 1.9 for v in panels.values()]
     fig = MplFigure(figsize=(9.6, 0.27 * sum(heights) + 0.55), layout="constrained")
     axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights).ravel()
     clipped_any = False
-    for ax, ((metric, relative), prs) in zip(axes, panels.items()):
+    for ax, (axis_label, prs) in zip(axes, panels.items()):
+        u = claim_unit(prs[0])
+
+        def shown(x: Any) -> float:
+            return float(x) * u.scale + u.offset
+
         xs: list[float] = []
-        for y, r in enumerate(prs):
-            band = claim_band(r)
-            for v in (band or ()):
+        for r in prs:
+            for v in (claim_band(r) or ()):
                 if math.isfinite(v):
-                    xs.append(v)
+                    xs.append(shown(v))
             for k in ("paper_value", "paper_low", "paper_high", "estimate", "ci_low", "ci_high"):
                 v = _get(r, k)
                 if _numeric(v) and not _is_missing(v) and math.isfinite(float(v)):
-                    xs.append(float(v))
+                    xs.append(shown(v))
+        relative = _relative(_get(prs[0], "kind")) or constant_of(prs[0]) is not None
+        if relative:
+            xs.append(u.offset)  # no difference / the constant: always in view
         lo, hi = min(xs), max(xs)
         pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 1e-3)
         xlim = (lo - pad, hi + pad)
@@ -1899,40 +2427,38 @@ def figure_forest(t: StudyTables) -> Figure:
             color = VERDICT_COLORS[verdict]
             band = claim_band(r)
             if band is not None:
-                left = max(band[0], xlim[0])
-                right = min(band[1], xlim[1]) if math.isfinite(band[1]) else xlim[1]
+                left = max(shown(band[0]), xlim[0])
+                right = min(shown(band[1]), xlim[1]) if math.isfinite(band[1]) else xlim[1]
                 ax.barh(y, right - left, left=left, height=0.72, color="#c9d6e8", lw=0,
                         zorder=1)
             if kind == "range":
-                ax.plot([_get(r, "paper_low"), _get(r, "paper_high")], [y, y], color="#33475b",
-                        lw=3.2, solid_capstyle="butt", zorder=2)
+                ax.plot([shown(_get(r, "paper_low")), shown(_get(r, "paper_high"))], [y, y],
+                        color="#33475b", lw=3.2, solid_capstyle="butt", zorder=2)
             elif _numeric(_get(r, "paper_value")) and not _is_missing(_get(r, "paper_value")):
-                ax.plot(_get(r, "paper_value"), y, marker="D", ms=6, mfc="white", mec="#33475b",
-                        mew=1.4, ls="none", zorder=3)
+                ax.plot(shown(_get(r, "paper_value")), y, marker="D", ms=6, mfc="white",
+                        mec="#33475b", mew=1.4, ls="none", zorder=3)
             low, high, clipped = clip_interval(_get(r, "ci_low"), _get(r, "ci_high"),
                                                claim_bounds(r))
             clipped_any |= clipped
-            est = float(_get(r, "estimate"))
+            est = shown(_get(r, "estimate"))
             if not _is_missing(low) and not _is_missing(high):
-                ax.plot([low, high], [y, y], color=color, lw=1.8, zorder=4)
-                for x in (low, high):
+                ax.plot([shown(low), shown(high)], [y, y], color=color, lw=1.8, zorder=4)
+                for x in (shown(low), shown(high)):
                     ax.plot([x, x], [y - 0.18, y + 0.18], color=color, lw=1.4, zorder=4)
             ax.plot(est, y, marker="o", ms=6.5, color=color, ls="none", zorder=5)
-            ax.annotate(verdict, xy=(1.0, y), xycoords=("axes fraction", "data"),
-                        xytext=(6, 0), textcoords="offset points", va="center", ha="left",
-                        color=color, fontsize=8, fontweight="bold")
+            ax.annotate(_verdict_label(_get(r, "verdict")), xy=(1.0, y),
+                        xycoords=("axes fraction", "data"), xytext=(6, 0),
+                        textcoords="offset points", va="center", ha="left", color=color,
+                        fontsize=8, fontweight="bold")
         if relative:
-            ax.axvline(0.0, color="0.35", lw=0.8, ls=":", zorder=0)
+            ax.axvline(u.offset, color="0.35", lw=0.8, ls=":", zorder=0)
         ax.set_xlim(*xlim)
         ax.set_ylim(len(prs) - 0.5, -0.5)
         ax.set_yticks(range(len(prs)), [_forest_label(r, varying) for r in prs])
         ax.tick_params(axis="y", length=0)
         ax.grid(axis="y", visible=False)
         ax.spines[["top", "right"]].set_visible(False)
-        unit = " (method − versus)" if relative else ""
-        if relative and all(str(_get(r, "versus") or "").startswith("constant") for r in prs):
-            unit = " (gain over the constant)"
-        ax.set_title(f"{metric}{unit}", loc="left", fontsize=9, fontweight="bold")
+        ax.set_xlabel(axis_label, fontsize=8, labelpad=1)
     handles = [
         matplotlib.patches.Patch(color="#c9d6e8", label="band the estimate must lie in"),
         Line2D([], [], marker="D", ms=6, mfc="white", mec="#33475b", ls="none",
@@ -1942,12 +2468,15 @@ def figure_forest(t: StudyTables) -> Figure:
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False)
     caption = (
-        "One row per claim and group with an estimate, one panel per metric. Shaded: the band "
-        "the estimate must lie in for the claim to be reproduced (the paper's value ± margin, "
-        "its range widened by the margin; for a comparison the band of the difference method "
-        "− versus, right of the margin for a superiority claim). Diamond: the paper's value "
-        "(its gain for a comparison); bar: its range. Dot and whisker: the reproduced mean or "
-        "seed-paired difference and its 90% t-interval, coloured by verdict."
+        "One row per claim and group with an estimate, named by the claim and the methods it "
+        "compares; one panel per metric, its unit on the axis (accuracies in %, differences of "
+        "accuracies in percentage points, a speed-up or reduction as the ratio itself). Shaded: "
+        "the band the estimate must lie in for the claim to be reproduced (the paper's value ± "
+        "margin, its range widened by the margin; for a comparison the band of the difference "
+        "method − versus, right of the margin for a superiority claim). Dotted line: no "
+        "difference, or the constant a ratio must exceed. Diamond: the paper's value; bar: its "
+        "range. Dot and whisker: the reproduced mean or seed-paired difference and its 90% "
+        "t-interval, coloured by verdict."
     )
     if clipped_any:
         caption += " Intervals of fractions (accuracies) are clipped to their range."
@@ -1984,6 +2513,9 @@ class StudyView:
     scorecard: Table | None
     untestable: Table | None
     forest: FigureView
+    findings: list[list[Cell]]  # every claim row tested in this run: the first screen's rows
+    paper_table: Table | None
+    links: MlflowLinks
     figures: list[FigureView]
     tables: list[Table]  # in the order shown; the cells table last
     choices: Table | None = None
@@ -2075,6 +2607,9 @@ def study_view(t: StudyTables, figures_dir: Path) -> StudyView:
         scorecard=scorecard_table(t),
         untestable=untestable_table(t),
         forest=forest,
+        findings=findings_rows(t),
+        paper_table=paper_table(t),
+        links=t.links,
         figures=[save_figure(f, s.name, figures_dir) for f in study_figures(t)],
         tables=tables,
         choices=choices,
@@ -2082,17 +2617,59 @@ def study_view(t: StudyTables, figures_dir: Path) -> StudyView:
     )
 
 
+def findings_rows(t: StudyTables) -> list[list[Cell]]:
+    """The first screen's rows of a study: every claim row tested in this run (decided, a
+    check, withheld), in scorecard order, as verdict, claim, paper, ours, why."""
+    rows = [r for key, rs in scorecard_order(t.claims) if key is not None for r in rs]
+    several = len({claim_group(r) for r in rows}) > 1
+    return [_scorecard_row(r, with_group=several, runs_url=t.links.runs)[0][:-1] for r in rows]
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    """'2 reproduced, 1 inconclusive; 3 not testable (appendix)'."""
+    tested = ", ".join(f"{n} {k}" for k, n in counts.items() if n and k != "not testable")
+    untested = counts.get("not testable", 0)
+    parts = [tested or "no claim tested in this run"]
+    if untested:
+        parts.append(f"{untested} not testable (appendix)")
+    return "; ".join(parts)
+
+
+def findings_table(views: Sequence[StudyView]) -> Table:
+    """The first screen: per paper, every claim tested in this run with the paper's number,
+    ours (mean or paired difference with its 90% CI), the verdict and its reason in words.
+    The claims not testable in this run are counted in each paper's line, listed in the
+    appendix."""
+    groups = [Group(f"{v.name}: {_counts_text(v.verdicts)}", v.findings)
+              for v in views if v.findings]
+    n = sum(len(g.rows) for g in groups)
+    untested = sum(v.verdicts["not testable"] for v in views)
+    return Table(
+        id="findings",
+        caption=(f"Every claim tested in this run ({n}; {untested} not testable: appendix). "
+                 "Accuracies in %, their differences in points (pts), ratios as ×; ours: the "
+                 "mean or seed-paired difference [90% CI]."),
+        columns=[*_scorecard_columns()[:1], Column("claim", html="clamp c-claim"),
+                 *_scorecard_columns()[2:-1]],
+        groups=groups,
+        title="Findings",
+    )
+
+
 def overview_table(views: Sequence[StudyView]) -> Table:
-    """Per paper: its claims by verdict, its failed mechanism checks and its cells."""
+    """Per paper: its claims by verdict (a `check` or unknown verdict only when one occurs),
+    its failed mechanism checks and its cells."""
+    kinds = [k for k in VERDICTS
+             if k in (*DECIDED, "not testable") or any(v.verdicts[k] for v in views)]
     cols = [Column("paper", html="id"), Column("claims", "r"),
-            *[Column(v, "r") for v in VERDICTS], Column("checks failed", "r"),
+            *[Column(k, "r") for k in kinds], Column("checks failed", "r"),
             Column("cells ok", "r")]  # fmt: skip
     rows = []
     for v in views:
         rows.append([
             Cell(v.name, href=f"#{v.anchor}"), Cell(v.n_claims, "int"),
             *[Cell(v.verdicts[k], "int", css=f"count v-{k.replace(' ', '-')}"
-                   + (" zero" if not v.verdicts[k] else "")) for k in VERDICTS],
+                   + (" zero" if not v.verdicts[k] else "")) for k in kinds],
             Cell(f"{v.checks_failed} / {v.checks_total}" if v.checks_total else None,
                  css="count v-contradicted" if v.checks_failed else ""),
             Cell(f"{v.n_ok} / {v.n_cells}", css="" if v.n_ok == v.n_cells else "status-bad"),
@@ -2102,8 +2679,13 @@ def overview_table(views: Sequence[StudyView]) -> Table:
         caption=(
             "Claims per paper by verdict (one per claim and group): reproduced (the 90% CI "
             "inside the paper's band), contradicted (the 95% CI wholly outside), inconclusive "
-            "(neither: more seeds needed), withheld (a mechanism check it requires failed), not "
-            "testable (the paper's setting or a method is not in this run)."
+            "(neither: more seeds needed), withheld (a mechanism check it requires failed), "
+            + ("check (the paper's value computed from our own model: a consistency check, "
+               "not counted as reproduced), " if "check" in kinds else "")
+            + ("other (a verdict this report does not know, shown as written), "
+               if "other" in kinds else "")
+            + "not testable (the paper's setting, a method, a metric or an accelerator is not "
+            "in this run: listed in the appendix); mechanism checks failed; cells finished ok."
         ),
         columns=cols,
         groups=[Group("", rows)],
@@ -2204,7 +2786,8 @@ def _tex_header(path: str, what: str, needs: str) -> str:
 
 
 def write_tex_pieces(views: Sequence[StudyView], overview: Table, provenance: Table,
-                     tex_env: jinja2.Environment, tex_dir: Path) -> dict[str, str]:
+                     tex_env: jinja2.Environment, tex_dir: Path,
+                     findings: Table | None = None) -> dict[str, str]:
     """Every scorecard, table and figure as its own file under tex_dir (`\\input`-able); set
     each view's `tex` (piece -> 'tex/<file>.tex'); returns the overview and provenance paths."""
     macros = tex_env.get_template("partials/macros.tex.j2").module
@@ -2222,14 +2805,31 @@ def write_tex_pieces(views: Sequence[StudyView], overview: Table, provenance: Ta
         "provenance": write("provenance", "provenance of the report", TEX_NEEDS["table"],
                             str(macros.table(provenance))),
     }
+    if findings is not None:
+        needs = TEX_NEEDS["table"] + (r" \usepackage{pdflscape}" if findings.latex.landscape
+                                      else "")
+        out["findings"] = write("findings", "every claim tested in this run, per paper", needs,
+                                str(macros.table(findings)))
     for v in views:
         v.tex = {}
         needs = TEX_NEEDS["scorecard"]
-        if any(x is not None and x.latex.landscape for x in (v.scorecard, v.untestable)):
+        if v.scorecard is not None and v.scorecard.latex.landscape:
             needs += r" \usepackage{pdflscape}"
         v.tex["scorecard"] = write(
             f"{v.name}-scorecard", f"scorecard of study {v.name} (forest plot and claims)",
             needs, str(pieces.scorecard(v)))
+        if v.untestable is not None:
+            needs = TEX_NEEDS["table"] + (r" \usepackage{pdflscape}"
+                                          if v.untestable.latex.landscape else "")
+            v.tex["untestable"] = write(
+                f"{v.name}-untestable", f"claims of study {v.name} not testable in this run",
+                needs, str(macros.table(v.untestable)))
+        if v.paper_table is not None:
+            needs = TEX_NEEDS["table"] + (r" \usepackage{pdflscape}"
+                                          if v.paper_table.latex.landscape else "")
+            v.tex["paper_table"] = write(
+                f"{v.name}-paper-table", f"study {v.name} as a paper table", needs,
+                str(macros.table(v.paper_table)))
         for f in v.figures:
             v.tex[f.id] = write(f.id, f"figure '{f.title}' of study {v.name}",
                                 TEX_NEEDS["figure"], str(macros.figure(f)))
@@ -2269,15 +2869,17 @@ def build_report(
     views = [study_view(t, figures_dir) for t in loaded]
     views.sort(key=lambda v: v.n_claims == 0)  # verdicts first: studies without claims last
     overview, prov = overview_table(views), provenance_table(provenance)
+    findings = findings_table(views)
     for stale in tex_dir.glob("*.tex"):  # pieces of an earlier report (a study since removed)
         stale.unlink()
-    tex_files = write_tex_pieces(views, overview, prov, tex_env, tex_dir)
+    tex_files = write_tex_pieces(views, overview, prov, tex_env, tex_dir, findings)
 
     css_path = _template_dir(template_dir) / "style.css"
     context = {
         "title": title,
         "studies": views,
         "overview": overview,
+        "findings": findings,
         "provenance": prov,
         "tex_files": tex_files,
         "date": format_config_value(provenance.get("date", "")),

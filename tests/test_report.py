@@ -471,8 +471,18 @@ def test_format_number(value, digits, expected):
 def test_format_number_missing_values():
     for missing in (None, float("nan"), np.nan, pd.NA):
         assert format_number(missing) == "—"
-        assert format_number(missing, latex=True) == "--"
+        # an en dash, which LaTeX gets as `--` once escaped
+        assert format_number(missing, latex=True) == "–"
+        assert latex_escape(format_number(missing, latex=True)) == "--"
     assert format_p(0.000123456) == "0.000123"
+
+
+def test_latex_keeps_two_hyphens_of_a_command_line_option():
+    """`--config` in a command would print as an en dash (`--` is its ligature)."""
+    assert latex_escape("python -m bench report --config a") == (
+        "python -m bench report -{}-config a")
+    assert latex_escape("a---b") == "a-{}-{}-b"
+    assert latex_escape("x – y — z") == "x -- y --- z"  # real dashes stay dashes
 
 
 def test_latex_escape_every_special_character():
@@ -541,18 +551,24 @@ def test_html_claims_table_numbers_and_paper_checks(built):
     assert len(table["rows"]) == len(claims)
     for _, r in claims.iterrows():
         row = find_row(table, claim=r["claim_id"])
-        assert row["estimate"] == format_number(r["estimate"])
-        assert row["verdict"] == r["verdict"]
+        # the estimate in the claim's unit (an accuracy in %, a difference of them in points)
+        assert row["estimate"] == report.ours_text(r).split(" [")[0]
+        # the verdict and, under it, claims.csv's own reason: nothing only on hover
+        assert row["verdict and reason"].startswith(r["verdict"])
+        if isinstance(r["reason"], str):
+            assert row["_subs"]["verdict and reason"] == r["reason"]
         assert row["n"] == format_number(r["n"])
-        assert r["source"] in row["_titles"]["claim"]  # statement and source on hover
-    assert find_row(table, claim="acc_50ep")["paper"] == "0.83 ± 0.02"
-    assert find_row(table, claim="mem_range")["paper"] == "[430, 490]"
-    assert find_row(table, claim="beats_sgd")["paper"] == "> 0 (paper 0.0107)"
+    assert find_row(table, claim="acc_50ep")["paper"] == "83.0% ± 2.0 pts"
+    assert find_row(table, claim="acc_50ep")["margin"] == "2.0 pts"
+    assert find_row(table, claim="mem_range")["paper"] == "[430, 490] MiB"
+    assert find_row(table, claim="beats_sgd")["paper"] == "> 0.0 pts (paper 1.1 pts)"
     gap = find_row(table, claim="gap_vs_sgd")
     assert gap["comparison"] == "restwake_original − sgd"
+    assert gap["estimate"] == "+3.1 pts" and gap["90% CI"] == "[2.4, 3.8] pts"
     assert (gap["_subs"]["claim"], gap["_subs"]["comparison"]) == ("thesis difference", "val_acc")
     assert find_row(table, claim="beats_sgd")["seeds needed"] == "12"
     assert find_row(table, claim="beats_sgd")["p (Holm)"] == format_p(0.22)
+    assert find_row(table, claim="sym_kl_small")["estimate"] == "0.0009"  # no unit: as is
     checks = built["html"].tables[f"checks-{report.slug(STUDY)}"]
     row = find_row(checks, claim="p_value")
     assert (row["stated"], row["recomputed"], row["consistent"]) == ("0.0919", "0.62", "no")
@@ -562,16 +578,18 @@ def test_overview_counts_every_verdict_per_paper(built):
     overview = find_row(built["html"].tables["overview"], paper=STUDY)
     claims = read_csv(built["tables"], "claims")
     assert overview["claims"] == str(len(claims))
-    counts = {v: sum(str(x).startswith(v) for x in claims["verdict"]) for v in report.VERDICTS}
+    counts = {v: sum(str(x).startswith(v) for x in claims["verdict"]) for v in report.DECIDED}
+    counts["not testable"] = sum(str(x).startswith("not testable") for x in claims["verdict"])
     assert counts == {"reproduced": 2, "contradicted": 1, "inconclusive": 3, "withheld": 1,
                       "not testable": 1}
     for verdict, n in counts.items():
         assert overview[verdict] == str(n), verdict
+    assert "check" not in overview and "other" not in overview  # only when one occurs
     assert overview["checks failed"] == "1 / 4"
     assert overview["cells ok"] == "8 / 9"
 
 
-def test_scorecard_badges_statements_estimates_and_seeds(built):
+def test_scorecard_badges_statements_estimates_and_reasons(built):
     html = built["html"]
     table = html.tables[f"scorecard-{report.slug(STUDY)}"]
     claims = read_csv(built["tables"], "claims")
@@ -581,33 +599,36 @@ def test_scorecard_badges_statements_estimates_and_seeds(built):
     for _, r in tested.iterrows():
         row = claim_row(table, r["claim_id"])
         kind = report._verdict_kind(r["verdict"])
-        assert row["verdict"] == kind  # the badge: the category, the full verdict on hover
-        assert row["_titles"]["verdict"] == r["verdict"]
+        assert row["verdict"] == kind  # the badge: the category
         assert row["claim"] == r["description"]
         assert r["source"] in row["_titles"]["claim"]
+        assert row["why"] == report.claim_reason(r) and row["why"]  # visible, in words
     row = claim_row(table, "beats_sgd")
-    assert row["seeds needed"] == "12"
-    assert row["reproduced (90% CI)"] == "0.03 [-0.01, 0.07]"
+    assert row["ours (90% CI)"] == "+3.0 pts [-1.0, 7.0]"
+    assert row["why"] == ("90% CI [-1.0, 7.0] pts reaches below 0.0 pts (one-sided p = 0.22); "
+                          "~12 seeds would decide")
     gap = claim_row(table, "gap_vs_sgd")
-    assert gap["paper"] == "0.03 ± 0.01" and gap["seeds needed"] == "—"
+    assert gap["paper"] == "+3.0 pts ± 1.0 pts"
+    assert gap["why"] == "90% CI [2.4, 3.8] pts inside the paper's band [2.0, 4.0] pts"
     kl = claim_row(table, "sym_kl_small")  # no number of seeds: the verdict's words
-    assert kl["seeds needed"] == "> 10,000" and kl["paper"] == "0.0006 ± 0.0005171"
-    # the accuracy CI that reaches past 1 is clipped, marked, and says so
+    assert kl["why"].endswith("> 10,000 seeds would decide")
+    assert kl["paper"] == "0.0006 ± 0.0005171"
+    # the accuracy CI that reaches past 1 is clipped, marked, and so is the reason's
     near = claim_row(table, "acc_near_one")
-    assert near["reproduced (90% CI)"] == "0.97 [0.93, 1]†"
-    assert "1.012" in near["_titles"]["reproduced (90% CI)"]
-    text = built["paths"]["html"].read_text(encoding="utf-8")
-    assert "† interval clipped to the metric&#39;s range [0, 1]" in text
-    # the withheld claim names its failed check; the not-testable claim is listed apart
+    assert near["ours (90% CI)"] == "97.0% [93.0, 100.0]†"
+    assert "[93.0, 100.0]%†" in near["why"]
+    # the withheld claim names its failed check
     held = claim_row(table, "saves_activations")
-    assert held["verdict"] == "withheld" and "buffer_on_host" in held["_subs"]["claim"]
+    assert held["verdict"] == "withheld" and "buffer_on_host" in held["why"]
+    # the not-testable claim is not in the study's body: counted there, listed in the appendix
     untestable = html.tables[f"untestable-{report.slug(STUDY)}"]
     (row,) = rows_as_dicts(untestable)
     assert row["verdict"] == "not testable" and row["claim"] == "CIFAR-10 accuracy"
-    assert "no cells for dataset cifar10" in row["_subs"]["claim"]
-    summaries = {d["id"]: d for d in html.details}
-    assert summaries[f"details-untestable-{report.slug(STUDY)}"]["summary"].startswith(
-        "1 claim not testable in this run")
+    assert row["why not testable"] == "no cells for dataset cifar10"
+    text = built["paths"]["html"].read_text(encoding="utf-8")
+    appendix = text.index('<section id="appendix">')
+    assert text.index(f'id="untestable-{report.slug(STUDY)}"') > appendix
+    assert text.index(f'id="scorecard-{report.slug(STUDY)}"') < appendix
 
 
 def test_scorecard_lists_mechanism_checks_beside_the_claims_they_gate(built):
@@ -751,9 +772,13 @@ def test_tex_booktabs_figures_and_escaping(built):
     # every number of the paired tests is there, formatted the same way
     paired = read_csv(built["tables"], "paired_tests")
     for _, r in paired.iterrows():
-        assert format_number(r["mean_diff"], latex=True) in tex
-        assert format_p(r["p_holm"], latex=True) in tex
+        assert latex_escape(format_number(r["mean_diff"], latex=True)) in tex
+        assert latex_escape(format_p(r["p_holm"], latex=True)) in tex
     assert tex.count(r"\begin{longtable}") == tex.count(r"\end{longtable}")
+    # nothing a page cannot do: no hover instructions; a command's `--` stays two hyphens
+    assert not re.search(r"\bhover\b", tex, re.I)
+    assert r"-{}-config" in tex and r"mlflow ui -{}-backend-store-uri" in tex
+    assert not re.search(r"(?<![-{}])--(backend|config)", tex)
     assert tex.strip().endswith(r"\end{document}")
 
 
@@ -810,9 +835,11 @@ def test_tex_compiles_with_two_passes_fits_the_page_and_has_contents(built, tmp_
     overfull = re.findall(r"Overfull \\hbox \(([0-9.]+)pt too wide\)[^\n]*\n([^\n]*)", log)
     assert not overfull, f"{len(overfull)} overfull boxes, first: {overfull[:3]}"
     toc = tex.with_suffix(".toc").read_text(errors="replace")
-    for heading in ("Overview", f"Study: {STUDY}".replace("_", r"\_"), "Scorecard", "Tables",
-                    "Provenance"):
+    for heading in ("Findings", f"Study: {STUDY}".replace("_", r"\_"), "Scorecard",
+                    "Paper table", "Tables", "Claims not testable in this run", "Provenance"):
         assert heading in toc, heading
+    # the not-testable claims are in the appendix (after \appendix: lettered), not the body
+    assert re.search(r"\\numberline \{A\}Claims not testable in this run", toc)
     assert toc.count(r"\contentsline") >= 6
 
 

@@ -23,6 +23,7 @@ from bench.report import (
     Group,
     StudyTables,
     Table,
+    register_caption_note,
     register_study_figures,
     register_study_tables,
 )
@@ -33,6 +34,21 @@ ADAPTIVE = ("topk_s1", "topk_s2")
 RESET_MARKERS = {"guard": ("X", "guard reset"), "floor": ("v", "floor reset (r_min)"),
                  "schedule": ("|", "schedule reset (sawtooth)")}
 LOSS_TOLERANCE, ACC_MARGIN = 0.10, 0.02  # the guards' defaults (METHODS.md); see the caption
+
+# Why a top-k method's memory is above dense's (topk.py): the mask zeroes activations but does
+# not shrink what autograd keeps. The ReLU before each TopK keeps its dense output for its own
+# backward, and `x * mask` keeps the bool mask (1 byte an entry) for the gradient of x; the
+# network scope adds, transiently, a no-grad copy of every hooked activation and their
+# concatenation for the per-sample selection.
+TOPK_MEMORY_NOTE = (
+    "Why the top-k methods sit above dense: top-k zeroes activations but does not store them "
+    "sparse. The ReLU before each top-k layer keeps its dense output for backward, as in dense "
+    "training, and the masking x * mask also keeps its bool mask (one byte an entry); a "
+    "network-scope top-k further holds, while it selects, a no-grad copy of every hooked "
+    "activation. In this implementation sparsity changes what is learned, not the memory."
+)
+register_caption_note(STUDY, "memory", TOPK_MEMORY_NOTE)
+register_caption_note(STUDY, "acc_memory", TOPK_MEMORY_NOTE)
 
 
 def _ok(t: StudyTables, df: pd.DataFrame) -> pd.DataFrame:
