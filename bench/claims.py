@@ -185,6 +185,10 @@ def validate_claims(doc: Any, name: str = "claims") -> None:
             if g not in ids or g == c["id"]:
                 raise ConfigError(f"{where}: given {g!r} is not another claim of this file; "
                                   f"name a claim id (ids: {', '.join(map(str, ids))})")
+            if ids[g].get("check") is not None:
+                raise ConfigError(f"{where}: given {g!r} is a check of our own model, not a "
+                                  "reproduction; a guard must be a claim that can read "
+                                  "reproduced")
             if ids[g].get("given"):
                 raise ConfigError(f"{where}: given {g!r} has a 'given' of its own; guards do not "
                                   "chain: name the guards of {g!r} here too")

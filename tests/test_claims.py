@@ -583,3 +583,158 @@ def test_a_negative_superiority_margin_is_non_inferiority():
     assert evaluate([equiv], cells)[0]["verdict"] != "reproduced"
     with pytest.raises(ConfigError, match="must be >= 0"):
         cl.validate_claims({"claims": [claim(kind="equivalence", versus="b", margin=-0.01)]})
+
+
+# ------------------------------------------------------------------ issue 23: verdict rules
+
+
+def _holm_columns(p):
+    """Holm-adjusted p of each column of p (k, R), vectorised (statsmodels' step-down)."""
+    k = p.shape[0]
+    order = np.argsort(p, axis=0)
+    ps = np.take_along_axis(p, order, axis=0) * (k - np.arange(k))[:, None]
+    ps = np.minimum(np.maximum.accumulate(ps, axis=0), 1.0)
+    out = np.empty_like(ps)
+    np.put_along_axis(out, order, ps, axis=0)
+    return out
+
+
+def test_holm_columns_is_statsmodels_holm():
+    p = np.random.default_rng(0).uniform(size=(4, 50))
+    ours = _holm_columns(p)
+    for j in range(50):
+        assert ours[:, j] == pytest.approx(stats.holm(p[:, j]))
+
+
+def test_family_wise_false_contradicted_rate_with_holm():
+    """Four primary claims, each true on its margin's edge (the worst case): unadjusted, some
+    claim reads contradicted in ~10% of the reproductions; with Holm over the family (the rule
+    evaluate_claims applies) at most 2.5%."""
+    rng = np.random.default_rng(21)
+    k, n, reps = 4, 3, REPS
+    x = rng.normal(0.0, 1.0, size=(k, n, reps))
+    p = np.stack([cl.decide_greater(x[i], 0.0).p_contra for i in range(k)])
+    codes = np.stack([cl.decide_greater(x[i], 0.0).code for i in range(k)])
+    unadjusted = float(np.mean((codes == 1).any(axis=0)))
+    holm = _holm_columns(p)
+    adjusted = np.stack([cl.decide_greater(x[i], 0.0, p_contra_decide=holm[i]).code
+                         for i in range(k)])
+    fwer = float(np.mean((adjusted == 1).any(axis=0)))
+    assert unadjusted > 0.08
+    assert fwer <= 0.025 + MC, fwer
+
+
+def test_contradicted_is_holm_adjusted_over_primary_claims_only():
+    """The same 95% CI wholly below the band: contradicted for a lone claim, inconclusive when
+    four primary claims share the family and its Holm-adjusted p is not below 0.025, and again
+    contradicted when the claims are secondary (unadjusted)."""
+    vals = {"a": [0.70, 0.74, 0.72]}
+    groups = [("m", f"d{i}", "none") for i in range(4)]
+    cells = cells_of("s", groups, vals)
+    c = claim(value=0.8, margin=0.02)
+    lone = evaluate([c], cells_of("s", groups[:1], vals))[0]
+    assert lone["verdict"] == "contradicted" and lone["p_contradict"] < 0.025
+    rows = evaluate([c], cells)
+    assert all(r["p_contradict_holm"] >= 0.025 for r in rows)
+    assert all(r["verdict"] == "inconclusive (about 5 seeds needed to contradict)" for r in rows)
+    assert "contradicted: Holm over 4 primary claims" in rows[0]["test"]
+    assert "Holm-adjusted p" in rows[0]["reason"]
+    secondary = evaluate([{**c, "scope": "paper", "where": {"model": "m", "dataset": "d0",
+                                                            "budget": "none"}}], cells,
+                         study_cfg={"primary_endpoints": ["val_loss"]})
+    assert secondary[0]["verdict"] == "contradicted"
+
+
+def test_seeds_needed_says_which_verdict_it_would_reach():
+    cells = cells_of("s", [("m", "d", "none")], {"a": [0.78, 0.82, 0.80]})
+    inside = evaluate([claim(value=0.8, margin=0.03)], cells)[0]
+    outside = evaluate([claim(value=0.84, margin=0.02)], cells)[0]
+    assert re.fullmatch(r"inconclusive \(about \d+ seeds needed to reproduce\)", inside["verdict"])
+    assert re.fullmatch(r"inconclusive \(about \d+ seeds needed to contradict\)",
+                        outside["verdict"])
+    sup = evaluate([claim(kind="superiority", over=0.81, margin=0, margin_reason="r")], cells)[0]
+    assert sup["verdict"].endswith("seeds needed to contradict)")
+
+
+def test_a_claim_computed_from_our_own_model_is_a_check_not_a_reproduction():
+    values = {"imp": [105.0, 105.0, 105.0], "orig": [100.0, 100.0, 100.0]}
+    cells = cells_of("s", [("m", "d", "none")], values, "modelled_peak_mib",
+                     param_mib={"imp": [10.0] * 3, "orig": [10.0] * 3})
+    c = claim(kind="difference", method="imp", versus="orig", metric="modelled_peak_mib",
+              value=0.5, scale_by="param_mib", margin=0.1, deterministic=True,
+              check="the value is our memory model's")
+    row = evaluate([c], cells)[0]
+    assert row["verdict"] == "check (consistent)"
+    assert row["reason"].startswith("a consistency check of our own model, not a reproduction")
+    cells.loc[cells["method"] == "imp", "modelled_peak_mib"] = 115.0
+    assert evaluate([c], cells)[0]["verdict"] == "check (inconsistent)"
+    with pytest.raises(ConfigError, match="'check' must say why"):
+        evaluate([{**c, "check": ""}], cells)
+    with pytest.raises(ConfigError, match="is a check of our own model"):
+        evaluate([{**c, "id": "k"}, claim(id="g", kind="superiority", over=1, margin=0,
+                                          margin_reason="r", given=["k"])], cells)
+    # the Rest-Wake claim whose 'paper' value is one fp16 copy in our own memory model
+    doc = cl.load_claims(ROOT / "bench" / "studies" / "restwake" / "claims.yaml")
+    by = {x["id"]: x for x in doc["claims"]}
+    assert by["improved_modelled_peak_exceeds_original_by_one_fp16_copy"].get("check")
+
+
+def test_value_claims_need_their_methods_mechanism_checks():
+    """A value claim of a method with no `requires` is withheld where a check that the file's
+    other claims of that method require failed (it read a verdict before)."""
+    from bench.checks import Check, checks_table, register_checks
+
+    study = "test_value_withheld_study"
+
+    @register_checks(study, "mechanism_ok")
+    def mechanism_ok(results):
+        yield Check("mechanism_ok", "a", "m", "d", "none", 0, False, "degenerate", "works")
+
+    cells = cells_of(study, [("m", "d", "none")], {"a": [0.9, 0.91, 0.92], "b": [0.8, 0.81, 0.8]})
+    doc = {"claims": [claim(id="sup", kind="superiority", versus="b", margin=0,
+                            margin_reason="r", requires=["mechanism_ok"]),
+                      claim(id="val", value=0.91, margin=0.05)]}
+    cl.validate_claims(doc)
+    rows = cl.evaluate_claims(doc, cells, study=study, mechanism_checks=checks_table(study, []))
+    by = {r["claim_id"]: r for r in rows}
+    assert by["val"]["verdict"].startswith("withheld (mechanism check failed: mechanism_ok")
+    assert by["val"]["reason"].startswith("verdict would be reproduced")
+    # a value claim of another method is not held back by a's checks
+    doc["claims"][1]["method"] = "b"
+    doc["claims"][1]["value"] = 0.8
+    rows = cl.evaluate_claims(doc, cells, study=study, mechanism_checks=checks_table(study, []))
+    assert {r["claim_id"]: r for r in rows}["val"]["verdict"] == "reproduced"
+
+
+def test_device_classes_from_provenance():
+    assert cl.device_class("cpu") == "cpu"
+    assert cl.device_class("cuda:0") == cl.device_class("mps") == "accelerator"
+    assert cl.device_class(None) is None and cl.device_class(float("nan")) is None
+    cells = cells_of("s", [("m", "d", "none")], {"a": [0.9, 0.91, 0.92]})
+    c = claim(value=0.91, margin=0.05, device="accelerator")
+    assert evaluate([c], cells)[0]["verdict"] == ("not testable (needs an accelerator; these "
+                                                  "cells ran on a device the results do not "
+                                                  "record)")
+    cells["device"] = "cuda:0"
+    assert evaluate([c], cells)[0]["verdict"] == "reproduced"
+    with pytest.raises(ConfigError, match="device 'gpu' unknown"):
+        evaluate([claim(value=0.9, device="gpu")], cells)
+    # NeuroFlux's speed claims hold on accelerators
+    doc = cl.load_claims(ROOT / "bench" / "studies" / "neuroflux" / "claims.yaml")
+    by = {x["id"]: x for x in doc["claims"]}
+    assert by["faster_than_backprop"]["device"] == by["speedup_range"]["device"] == "accelerator"
+
+
+@pytest.mark.parametrize("bad", [
+    {"margin": float("inf")}, {"margin": "-inf"}, {"value": float("nan")},
+    {"kind": "range", "range": [float("-inf"), float("inf")], "margin": 0, "margin_reason": "r"},
+    {"std": float("inf"), "n_runs": 3}, {"runs": [0.8, float("inf")]},
+    {"kind": "superiority", "over": float("-inf"), "margin": 0, "margin_reason": "r"},
+    {"kind": "superiority", "over": 1, "margin": float("-inf"), "margin_reason": "r"},
+])  # fmt: skip
+def test_non_finite_numbers_are_refused(bad):
+    c = {**claim(value=0.8), **bad}
+    if c["kind"] != "value":
+        c.pop("value")
+    with pytest.raises(ConfigError, match="finite number|must be a number|expected a number"):
+        cl.validate_claims({"claims": [c]})
