@@ -262,3 +262,90 @@ def test_a_bad_name_is_refused_before_any_job_in_one_line(place, name, why):
 def test_a_64_character_name_is_valid():
     cfg = check_config(_with_name("study", "s" * 64))
     assert {c.study for c in plan(cfg)} == {"s" * 64}
+
+
+# ------------------------------------------------------------ claims: non-finite numbers
+#
+# An infinite margin, range end, std or `over` makes a band that any data fall inside (or a
+# superiority that any data beat): the verdict would be decided by the file. Every number of a
+# claims file must be finite; a non-finite one, written any way YAML or a string allows, is
+# refused by name in one line before any job.
+
+from bench import claims as claims_mod  # noqa: E402
+from bench.errors import ConfigError as _ConfigError  # noqa: E402
+
+NON_FINITE = st.sampled_from([math.inf, -math.inf, math.nan, "inf", "-inf", "+inf", "nan",
+                              "Infinity", "-Infinity", " inf ", "1e999", "-1e999", 1e308 * 10])
+FINITE = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+# a valid claim of each kind, and the numeric places a non-finite number can go into
+CLAIM_BASES = {
+    "value": ({"kind": "value", "value": 0.8, "margin": 0.01, "margin_reason": "r",
+               "runs": [0.79, 0.81], "std": 0.01, "n_runs": 2},
+              ["value", "margin", "std", ("runs", 0), ("runs", 1)]),
+    "range": ({"kind": "range", "range": [2.3, 6.1], "margin": 0, "margin_reason": "r"},
+              [("range", 0), ("range", 1), "margin"]),
+    "superiority_over": ({"kind": "superiority", "over": 1, "margin": 0, "margin_reason": "r"},
+                         ["over", "margin"]),
+    "superiority": ({"kind": "superiority", "versus": "b", "margin": -0.01,
+                     "margin_reason": "r", "runs": [0.8, 0.82, 0.81],
+                     "versus_runs": [0.79, 0.8, 0.78], "stated_p": 0.04},
+                    ["margin", "stated_p", ("runs", 2), ("versus_runs", 0)]),
+    "equivalence": ({"kind": "equivalence", "versus": "b", "margin": "from_std", "std": 0.01,
+                     "versus_std": 0.02, "n_runs": 3},
+                    ["std", "versus_std"]),
+    "difference": ({"kind": "difference", "versus": "b", "value": 0.02, "margin": 0.01,
+                    "margin_reason": "r"},
+                   ["value", "margin"]),
+}  # fmt: skip
+
+
+def _claim_with(kind: str, place: Any, x: Any) -> dict:
+    base, _ = CLAIM_BASES[kind]
+    c = {"id": "c", "source": "T", "scope": "thesis", "method": "a", "metric": "val_acc",
+         **copy.deepcopy(base)}  # fmt: skip
+    if isinstance(place, tuple):
+        c[place[0]][place[1]] = x
+    else:
+        c[place] = x
+    return c
+
+
+@st.composite
+def claim_places(draw: st.DrawFn) -> tuple[str, Any]:
+    kind = draw(st.sampled_from(sorted(CLAIM_BASES)))
+    return kind, draw(st.sampled_from(CLAIM_BASES[kind][1]))
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None,
+          derandomize=True)
+@given(claim_places(), NON_FINITE)
+def test_a_non_finite_number_in_a_claim_is_refused_by_name(place, x):
+    kind, where = place
+    key = where[0] if isinstance(where, tuple) else where
+    with pytest.raises(_ConfigError) as err:
+        claims_mod.validate_claims({"claims": [_claim_with(kind, where, x)]})
+    msg = str(err.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    assert f"'{key}'" in msg or f"{key} " in msg, msg
+    assert re.search(r"finite number|must be a number|expected a number", msg), msg
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")), deadline=None,
+          derandomize=True)
+@given(claim_places(), FINITE)
+def test_a_finite_number_in_a_claim_is_never_refused_for_being_infinite(place, x):
+    kind, where = place
+    try:
+        claims_mod.validate_claims({"claims": [_claim_with(kind, where, x)]})
+    except _ConfigError as e:  # other rules (a negative margin, low above high) may refuse it
+        assert "must be a finite number" not in str(e) and "not a finite" not in str(e), str(e)
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", ".Inf", "-.INF", "1e999"])
+def test_yaml_infinities_in_a_claims_file_are_refused(tmp_path, text):
+    path = tmp_path / "claims.yaml"
+    path.write_text("claims:\n- {id: c, source: T, kind: range, scope: thesis, method: a,\n"
+                    f"   metric: val_acc, range: [-1, {text}], margin: 0, margin_reason: r}}\n")
+    with pytest.raises(_ConfigError, match=r"claim 'c': 'range'"):
+        claims_mod.load_claims(path)
