@@ -1162,8 +1162,10 @@ def evaluate_claims(
             row["verdict"] = _verdict_text(code, seeds, direction, no_spread)
             row["reason"] = _reason(c, row, d, code)
 
-    _apply_guards(claims, rows)
+    # failures first: a guard withheld by a failed mechanism check leaves what it guards
+    # not testable (it read its own verdict when guards ran first)
     _apply_failures(claims, rows, mechanism_checks)
+    _apply_guards(claims, rows)
     for row in rows:
         for k in [k for k in row if k.startswith("_")]:
             del row[k]
@@ -1177,7 +1179,7 @@ def _apply_guards(claims: Sequence[Mapping], rows: list[dict]) -> None:
     index = {(r["claim_id"], r["model"], r["dataset"], r["budget"]): r for r in rows}
     for row in rows:
         given = by_claim[row["claim_id"]].get("given") or []
-        if not given or row["verdict"].startswith(NOT_TESTABLE):
+        if not given or row["verdict"].startswith((NOT_TESTABLE, WITHHELD)):
             continue
         for gid in given:
             guard = index.get((gid, row["model"], row["dataset"], row["budget"]))

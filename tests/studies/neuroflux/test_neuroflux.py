@@ -724,8 +724,16 @@ def test_mechanism_checks_rows():
     assert row("blocks_vs_backprop", "neuroflux", 0).passed
     assert not row("blocks_vs_backprop", "neuroflux", 1).passed
     assert "blocks_vs_backprop" not in set(df[df.seed == 2].check)  # no backprop seed 2
+    assert row("most_units_above_backprop", "neuroflux", 0).passed
+    majority = row("most_units_above_backprop", "neuroflux", 1)  # 13 units at 16 vs 32
+    assert not majority.passed and majority.value.startswith("0 of 13 units above")
+    assert "most_units_above_backprop" not in set(df[df.seed == 2].check)
     cpu = row("peak_within_budget", "neuroflux", 0)
-    assert cpu.passed and cpu.value == "cpu: modelled" and "32.0" in cpu.detail
+    assert cpu.passed and cpu.value == "cpu: modelled peak 32.0 MiB"
+    assert "modelled, not measured" in cpu.detail
+    assert row("peak_within_budget", "backprop", 0).passed  # modelled 30 <= 34
+    # on CPU a cell that recorded no modelled peak cannot show it stayed within the budget
+    assert not row("peak_within_budget", "neuroflux", 1).passed
     assert row("peak_within_budget", "neuroflux", 3).passed
     assert not row("peak_within_budget", "neuroflux", 4).passed
     assert row("peak_within_budget", "backprop", 3).passed  # 43 - 10 <= 34
