@@ -5,8 +5,9 @@ a failed mechanism check, two budgets, long descriptions and method names; a thi
 claims) is opened as a user would open it. Asserted in the browser's own layout:
 
 - no horizontal scrolling at 1280 px, with every collapsed table opened as well;
-- the first screen (800 px) holds the overview and the top of the first scorecard (its
-  heading and part of its forest plot);
+- the first screen (800 px) lists every claim tested in the run, per paper, with the paper's
+  number, ours, the verdict (a badge not cut) and its reason in words (visible, not a tooltip);
+  the not-testable claims are counted there and listed in the appendix;
 - every <img> loaded (complete, naturalWidth > 0).
 
 The page itself has no script: the checks run in a copy with a small script added that writes
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import report
 from bench.report import StudyInput, build_report
 from tests.test_report import DATASET, MODEL, PROVENANCE, REFERENCE, study_input, write_study_tables
 
@@ -49,9 +51,26 @@ window.addEventListener('load', () => {
   const out = {innerWidth: window.innerWidth, innerHeight: window.innerHeight,
                clientWidth: de.clientWidth};
   const overview = box(document.getElementById('overview'));
-  const card = document.querySelector('.scorecard');
+  const card = document.querySelector('div.scorecard');
   const forest = card ? card.querySelector('figure.forest img') : null;
   out.overview_bottom = overview ? overview.bottom : null;
+  // the first screen's findings: every tested claim's row, with its verdict and reason
+  const findings = document.getElementById('findings');
+  out.findings_bottom = findings ? box(findings).bottom : null;
+  out.findings = findings ? [...findings.querySelectorAll('tbody tr')]
+    .filter(tr => !tr.classList.contains('group')).map(tr => {
+      const cells = [...tr.children];
+      const badge = tr.querySelector('.badge');
+      const text = (i) => cells[i] ? cells[i].innerText.trim() : '';
+      return {bottom: box(tr).bottom, verdict: badge ? badge.innerText.trim() : '',
+              badge_cut: badge ? (badge.scrollWidth > badge.clientWidth + 1 ||
+                                  badge.getBoundingClientRect().right >
+                                  cells[0].getBoundingClientRect().right + 0.5) : true,
+              claim: cells[1] && cells[1].querySelector('div') ?
+                       cells[1].querySelector('div').innerText.trim() : text(1),
+              paper: text(2), ours: text(3), why: text(4),
+              why_visible: cells[4] ? cells[4].getBoundingClientRect().height > 0 : false};
+    }) : [];
   out.scorecard_top = card ? box(card).top : null;
   out.scorecard_heading_bottom = card ? box(card.querySelector('h3')).bottom : null;
   out.forest_top = forest ? box(forest).top : null;
@@ -150,10 +169,15 @@ def assert_readable_in_browser(page: Path, png: Path) -> dict:
     assert found["scroll_width_open"] <= found["clientWidth"], found["too_wide"]
     assert not found["too_wide"], found["too_wide"]
     assert not found["tables_past_their_box"], found["tables_past_their_box"]
-    # the first screen: the whole overview, then the first scorecard's heading and forest plot
-    assert found["overview_bottom"] is not None and found["overview_bottom"] <= HEIGHT, found
-    assert found["scorecard_top"] is not None and found["scorecard_heading_bottom"] < HEIGHT
-    assert found["forest_top"] is not None and found["forest_top"] < HEIGHT - 100, found
+    # the first screen: the findings, every tested claim with its verdict and reason in words
+    assert found["findings"], "no findings table on the page"
+    assert found["findings_bottom"] is not None and found["findings_bottom"] <= HEIGHT, (
+        f"the findings end at {found['findings_bottom']} px, below the first screen")
+    for row in found["findings"]:
+        assert row["bottom"] <= HEIGHT, row
+        assert row["verdict"] and not row["badge_cut"], row
+        assert row["why"] and row["why_visible"], row  # the reason on the page, not a tooltip
+    assert found["overview_bottom"] is not None and found["scorecard_top"] is not None
     # every figure loaded
     assert found["images"], "no <img> in the report"
     broken = [i["alt"] for i in found["images"] if not i["complete"] or i["naturalWidth"] <= 0]
@@ -197,6 +221,27 @@ def test_report_in_chromium_fits_1280_opens_on_verdicts_and_loads_figures(
     assert len(found["images"]) >= 8  # two forest plots and the studies' figures
     with capsys.disabled():
         print(f"\nreport first screen (1280x800): {png}")
+
+
+def test_first_screen_lists_each_tested_claim_with_verdict_and_reason(realistic_report):
+    """Each claim row tested in the run is on the first 800 px, with the paper's number, ours,
+    the verdict and the reason the report gives it; the not-testable ones are not."""
+    found = probe_page(realistic_report)
+    root = realistic_report.parent.parent
+    expected = []
+    for study, folder in (("restwake", "a"), ("sparsity_regimes", "b")):
+        claims = report.read_table(root / folder / "claims.csv")
+        for _, r in claims.iterrows():
+            if report._verdict_kind(r["verdict"]) != "not testable":
+                expected.append((r["description"], report._verdict_kind(r["verdict"]),
+                                 report.claim_reason(r), report.paper_text(r),
+                                 report.ours_text(r)))
+    shown = [(row["claim"], row["verdict"], row["why"], row["paper"], row["ours"])
+             for row in found["findings"] if row["bottom"] <= HEIGHT]
+    norm = [tuple(" ".join(x.replace("\u00a0", " ").split()) for x in t) for t in expected]
+    got = [tuple(" ".join(x.replace("\u00a0", " ").split()) for x in t) for t in shown]
+    assert got == norm
+    assert "cifar" not in " ".join(row["claim"].lower() for row in found["findings"])
 
 
 def test_probe_sees_overflow_and_a_broken_figure(tmp_path):
