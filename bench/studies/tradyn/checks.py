@@ -1,6 +1,6 @@
-"""Mechanism checks of study `tradyn` (METHODS.md in this folder: "every epoch of every
-budgeted cell uses >= 99% of its budget (or all of its pool); the selection of dynamic methods
-changes between epochs and that of static ones does not").
+"""Mechanism checks of study `tradyn` (METHODS.md in this folder, "Mechanism checks": the budget
+used every epoch, the selection of dynamic methods changing between epochs and that of static
+ones not, the top-K pool leaving part of the network out).
 
 Read from each ok cell's result.json (history and final, written by `base.TraDyBase`), one row
 per cell (method, group, seed):
@@ -9,8 +9,8 @@ per cell (method, group, seed):
     every epoch's selected memory units / budget units >= 0.99. A selection that stops at the
     first overflowing channel (`fill: stop`) wastes budget, and the wasted part is a handicap
     of the strategy with expensive channels in its pool, not a property of the strategy. A pool
-    taken whole below 99% of the budget fails too (stricter than METHODS.md's "or all of its
-    pool"): the method then trained at a smaller budget than the strategies it is compared with
+    taken whole below 99% of the budget fails too (stricter than the first wording, "or all of
+    its pool"): the method then trained at a smaller budget than the strategies it is compared with
     "at equal budget", which is the same handicap, and it did not select at all (the budget did
     not bind; choose a budget its pool can fill). The row says which: the selection stopped
     short of a pool it had not exhausted, or the whole pool fit (from the recorded
