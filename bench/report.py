@@ -1482,8 +1482,8 @@ def paper_table(t: StudyTables) -> Table | None:
                     row.append(Cell(None))
                 else:
                     paper = paper_text(pick).split(f" ±{NBSP}")[0]
-                    if u.kind == "percent":
-                        paper = paper.replace("%", "")
+                    if u.kind in ("percent", "MiB"):  # the column's header carries it
+                        paper = paper.replace(u.suffix, "")
                     row.append(Cell(paper, title=" — ".join(format_value(x) for x in (
                         _get(pick, "claim_id"), _get(pick, "source")) if not _is_missing(x))))
             rows.append(row)

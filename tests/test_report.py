@@ -1031,3 +1031,238 @@ def test_method_colours_are_shared_across_studies(tmp_path):
     assert len(set(colors.values())) == 3
     for m in ("restwake_original", REFERENCE):
         assert ta.colors[m] == tb.colors[m] == colors[m]
+
+
+# --------------------------------------------------------------------------------------------
+# One unit per quantity: statement, scorecard and forest plot agree
+# --------------------------------------------------------------------------------------------
+
+# one claim per kind, each statement giving the paper's number in the paper's own unit
+UNIT_CLAIMS = [
+    # (row, the statement's number as the report must print it, unit word on the axis)
+    ({"claim_id": "acc_value", "kind": "value", "method": "restwake_original",
+      "metric": "val_acc", "paper_value": 0.83, "margin": 0.02, "estimate": 0.8276,
+      "ci_low": 0.82, "ci_high": 0.835, "n": 3, "verdict": "reproduced",
+      "description": "accuracy of 83.0% (Table 2)"}, "83.0%", "(%)"),
+    ({"claim_id": "speedup_range", "kind": "range", "method": "restwake_original",
+      "metric": "speedup_vs_reference", "paper_low": 2.3, "paper_high": 6.1, "margin": 0.0,
+      "estimate": 0.56, "ci_low": 0.5, "ci_high": 0.62, "n": 3, "verdict": "contradicted",
+      "description": "a speed-up in [2.30, 6.10]× (Sec. 1)"}, "[2.30, 6.10]×", "×"),
+    ({"claim_id": "acc_gap", "kind": "difference", "method": "restwake_original",
+      "versus": REFERENCE, "metric": "val_acc", "paper_value": 0.03, "margin": 0.01,
+      "estimate": 0.031, "ci_low": 0.024, "ci_high": 0.038, "n": 3, "verdict": "reproduced",
+      "description": "a gain of +3.0 pts over SGD"}, "+3.0 pts", "percentage points"),
+    ({"claim_id": "acc_not_worse", "kind": "superiority", "method": "restwake_original",
+      "versus": REFERENCE, "metric": "val_acc", "margin": -0.01, "estimate": 0.033,
+      "ci_low": 0.015, "ci_high": 0.052, "p": 0.001, "n": 3, "verdict": "reproduced",
+      "description": "not more than 1 point below SGD: above -1.0 pts"}, "-1.0 pts",
+     "percentage points"),
+    ({"claim_id": "faster", "kind": "superiority", "method": "restwake_original",
+      "versus": "constant 1", "metric": "speedup_vs_reference", "margin": 0.0,
+      "estimate": -0.443, "ci_low": -0.77, "ci_high": -0.06, "p": 0.98, "n": 3,
+      "verdict": "inconclusive (about 40 seeds needed)", "seeds_needed": 40,
+      "description": "trains faster: a speed-up above 1.00×"}, "1.00×", "×"),
+    ({"claim_id": "same_acc", "kind": "equivalence", "method": "restwake_original",
+      "versus": REFERENCE, "metric": "val_acc", "margin": 0.0025, "estimate": 0.001,
+      "ci_low": -0.004, "ci_high": 0.006, "n": 3,
+      "verdict": "inconclusive (more than 10,000 seeds needed)",
+      "description": "the same accuracy, within 0.25 pts"}, "0.25 pts", "percentage points"),
+]
+
+
+def _unit_study(tmp_path: Path) -> report.StudyTables:
+    tables = write_study_tables(tmp_path / "tables")
+    rows = [{**row, "study": STUDY, "scope": "thesis", "model": MODEL, "dataset": DATASET,
+             "budget": "none", "reason": "from claims.csv", "source": "Sec. 1"}
+            for row, _, _ in UNIT_CLAIMS]
+    pd.DataFrame(rows, columns=list(CLAIMS_COLUMNS)).to_csv(tables / "claims.csv", index=False)
+    return report.load_study_tables(study_input(tables))
+
+
+def _forest_points(fig) -> dict[str, dict]:
+    """Per claim id: its panel's x label, the paper's diamond x and the estimate's dot x."""
+    out = {}
+    for ax in fig.axes:
+        labels = [t.get_text().split(":")[0] for t in ax.get_yticklabels()]
+        for line in ax.get_lines():
+            y = line.get_ydata()
+            if len(y) != 1 or line.get_marker() not in ("D", "o"):
+                continue
+            claim = labels[int(round(float(y[0])))]
+            key = "paper" if line.get_marker() == "D" else "estimate"
+            out.setdefault(claim, {"axis": ax.get_xlabel(), "ticks": ax.get_xlim()})
+            out[claim][key] = float(line.get_xdata()[0])
+    return out
+
+
+def test_units_agree_between_statement_scorecard_and_forest_plot_for_every_kind(tmp_path):
+    t = _unit_study(tmp_path)
+    card = report.scorecard_table(t)
+    rows = {c[1].sub.split(" · ")[0]: c for g in card.groups for c in g.rows}
+    points = _forest_points(report.figure_forest(t).fig)
+    for row, stated, unit_word in UNIT_CLAIMS:
+        cid, r = row["claim_id"], pd.Series(row)
+        cells = rows[cid]
+        paper, ours, why = (report.html_cell(c) for c in (cells[2], cells[3], cells[4]))
+        # the statement's number, as the statement writes it, is the scorecard's paper number
+        assert stated in row["description"]
+        assert stated in paper.replace("\u00a0", " "), (cid, paper)
+        # the reason speaks the same unit as the numbers beside it
+        u = report.claim_unit(r)
+        assert u.suffix.strip() in why, (cid, why)
+        # the forest plot: the same unit on its axis, the same numbers at its marks
+        p = points[cid]
+        assert unit_word in p["axis"], (cid, p["axis"])
+        assert ours.startswith(u(row["estimate"], signed=ours.startswith("+")))
+        assert p["estimate"] == pytest.approx(u.value(row["estimate"]))
+        if "paper_value" in row:
+            assert p["paper"] == pytest.approx(u.value(row["paper_value"]))
+    # the speed-up is a ratio everywhere, never a gain over the constant
+    faster = rows["faster"]
+    assert report.html_cell(faster[3]) == "0.56× [0.23, 0.94]"
+    assert points["faster"]["estimate"] == pytest.approx(0.557)
+    assert "-0.443" not in " ".join(report.html_cell(c) for c in faster)
+    # forest rows name the methods they compare
+    labels = [lab.get_text() for ax in report.figure_forest(t).fig.axes
+              for lab in ax.get_yticklabels()]
+    assert "acc_gap: restwake_original − sgd" in labels
+    assert "faster: restwake_original" in labels
+
+
+def test_scale_of_a_fraction_differs_from_a_plain_metric():
+    """The units are the metric's: a loss or a divergence is printed as is, memory in MiB."""
+    assert report.metric_unit("val_loss")(0.4321) == "0.4321"
+    assert report.metric_unit("sym_kl")(0.0006) == "0.0006"
+    assert report.metric_unit("peak_train_mib")(430.0) == "430 MiB"
+    assert report.metric_unit("val_acc")(0.8312) == "83.1%"
+    assert report.metric_unit("val_acc", relative=True)(-0.004, signed=True) == "-0.4 pts"
+    assert report.metric_unit("speedup_vs_reference")(2.345) == "2.35×"
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts this report does not know, extra columns, paper table, links, figures
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_check_verdict_and_an_unknown_one_are_shown_neutrally_and_counted_apart(tmp_path):
+    tables = write_study_tables(tmp_path / "tables")
+    claims = pd.read_csv(tables / "claims.csv")
+    claims["seeds_used"] = "0,1,2"  # a column this report does not know
+    extra = claims.iloc[[0, 0, 0]].copy()
+    extra["claim_id"] = ["own_model_value", "new_kind", "needs_gpu"]
+    extra["verdict"] = ["check (the paper's value computed from our own model)",
+                        "deferred (a verdict from the future)",
+                        "not testable (needs an accelerator)"]
+    extra["reason"] = ["stated 0.91 recomputed from our model: 0.90", "why it is deferred",
+                       None]
+    pd.concat([claims, extra]).to_csv(tables / "claims.csv", index=False)
+    paths = build_report([study_input(tables)], tmp_path / "out", PROVENANCE)
+    html = parse_html(paths["html"])
+    overview = find_row(html.tables["overview"], paper=STUDY)
+    assert (overview["reproduced"], overview["check"], overview["other"],
+            overview["not testable"]) == ("2", "1", "1", "2")  # the check is not reproduced
+    findings = rows_as_dicts(html.tables["findings"])
+    check = next(r for r in findings if r["_subs"]["claim"].startswith("own_model_value"))
+    assert check["verdict"] == "check" and check["why"].startswith("stated 0.91")
+    other = next(r for r in findings if r["_subs"]["claim"].startswith("new_kind"))
+    assert other["verdict"] == "deferred" and other["why"] == "why it is deferred"
+    text = paths["html"].read_text(encoding="utf-8")
+    assert 'class="badge v-check"' in text and 'class="badge v-other"' in text
+    untestable = rows_as_dicts(html.tables[f"untestable-{report.slug(STUDY)}"])
+    assert {r["why not testable"] for r in untestable} == {
+        "no cells for dataset cifar10", "needs an accelerator"}
+    assert not any(r["_subs"]["claim"].startswith("needs_gpu") for r in findings)
+    tex = tex_with_inputs(paths["tex"])
+    assert "1 checks (a paper value computed from our own model" in tex
+
+
+def test_paper_table_has_methods_as_rows_and_the_papers_value_beside_ours(built):
+    table = built["html"].tables[f"papertable-{report.slug(STUDY)}"]
+    cells = read_csv(built["tables"], "cells")
+    assert [r["method"] for r in rows_as_dicts(table)] == [*METHODS, "restwake_lowmem"]
+    assert table["columns"][:4] == ["method", "n", "val_acc (%): ours", "paper"]
+    by_method = {cells_[0]: cells_ for _, cells_ in table["rows"]}  # columns by position
+    row = dict(zip(table["columns"][:4], by_method["restwake_original"][:4]))
+    x = cells[(cells["method"] == "restwake_original") & (cells["status"] == "ok")]["val_acc"]
+    pct = report.metric_unit("val_acc")  # one decimal; a spread under a point: 2 digits
+    assert row["val_acc (%): ours"] == f"{pct.number(x.mean())} ± {pct.number(x.std(ddof=1))}"
+    assert row["val_acc (%): ours"].startswith(f"{100 * x.mean():.1f} ± ")
+    assert row["paper"] == "83.0"  # acc_50ep: the paper's 83%, beside ours, same unit
+    assert row["n"] == "3"
+    assert by_method["restwake_lowmem"][1] == "2"  # its OOM seed left out
+    assert by_method[REFERENCE][3] == "98.0"  # acc_near_one
+    # a second metric the paper states: modelled peak memory, its range beside ours
+    assert table["columns"][4:6] == ["modelled_peak_mib (MiB): ours", "paper"]
+    assert by_method["restwake_original"][5] == "[430, 490]"  # MiB: in the header
+
+
+def test_mlflow_links_use_the_runs_view_of_the_studys_experiment(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    client.create_experiment("other")
+    exp = client.create_experiment(STUDY)
+    tables = write_study_tables(tmp_path / "tables")
+    monkeypatch.delenv(report.MLFLOW_UI_ENV, raising=False)
+    study = StudyInput(**{**study_input(tables).__dict__, "tracking_uri": f"sqlite:///{db}"})
+    links = report.mlflow_links(STUDY, study.tracking_uri)
+    assert links.runs == f"http://127.0.0.1:5000/#/experiments/{exp}/runs"
+    assert links.run("abc") == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/abc"
+    paths = build_report([study], tmp_path / "out", PROVENANCE)
+    text = paths["html"].read_text(encoding="utf-8")
+    cells = read_csv(tables, "cells")
+    for run_id in cells["mlflow_run_id"]:  # every row of the cells table links to its run
+        assert f'href="{links.runs}/{run_id}"' in text
+    assert f'href="{links.runs}"' in text
+    assert f"#/experiments/{exp}\"" not in text  # never the bare experiment (GenAI overview)
+    # a store that does not exist: no links, and the cells table says why
+    gone = report.mlflow_links(STUDY, f"sqlite:///{tmp_path / 'none.db'}")
+    assert gone.runs == "" and gone.run("abc") == "" and "no MLflow store" in gone.why
+    monkeypatch.setenv(report.MLFLOW_UI_ENV, "http://box:5055/")
+    assert report.mlflow_links(STUDY, study.tracking_uri).runs.startswith(
+        "http://box:5055/#/experiments/")
+
+
+def test_accuracy_curve_marks_a_final_model_that_is_not_its_last_point(tmp_path):
+    """NeuroFlux logs its blocks' heads per epoch (67%) and reports the exit model (95%): the
+    figure must not end on a number the tables contradict."""
+    tables = write_study_tables(tmp_path / "tables", study="neuroflux")
+    cells = pd.read_csv(tables / "cells.csv")
+    cells.loc[cells["method"] == "restwake_original", "val_acc"] = 0.95
+    cells.to_csv(tables / "cells.csv", index=False)
+    t = report.load_study_tables(study_input(tables, "neuroflux"))
+    fig = report.figure_val_acc(t)
+    stars = [line for ax in fig.fig.axes for line in ax.get_lines() if line.get_marker() == "*"
+             and len(line.get_xdata()) == 1]
+    assert [float(s.get_ydata()[0]) for s in stars] == [pytest.approx(95.0)]
+    assert "Star: the final model's val_acc" in fig.caption and "restwake_original" in fig.caption
+    assert not any(line.get_marker() == "*" for ax in report.figure_val_acc(
+        report.load_study_tables(study_input(write_study_tables(tmp_path / "b")))).fig.axes
+        for line in ax.get_lines())  # where they agree, nothing is marked
+
+
+def test_memory_budgets_are_drawn_as_lines(tmp_path):
+    tables = write_study_tables(tmp_path / "tables", budgets=("none", "24MiB"))
+    t = report.load_study_tables(study_input(tables))
+    fig = report.figure_memory(t)
+    flat = [line for ax in fig.fig.axes for line in ax.get_lines()
+            if len(set(line.get_ydata())) == 1 and list(line.get_xdata()) == [0, 1]]
+    assert [float(line.get_ydata()[0]) for line in flat] == [24.0]  # the 24MiB group only
+    assert "the group's memory budget" in fig.caption
+    assert report._budget_mib("2GiB") == 2048.0 and report._budget_mib("27946") is None
+
+
+def test_colours_are_distinct_within_every_study_of_a_large_report(tmp_path):
+    many = [f"m{i}" for i in range(9)]
+    a = report.load_study_tables(study_input(write_study_tables(
+        tmp_path / "a", methods=[REFERENCE, *many[:3]]), "a"))
+    b = report.load_study_tables(study_input(write_study_tables(
+        tmp_path / "b", methods=["dense", *many[3:]]), "b"))
+    c = report.load_study_tables(study_input(write_study_tables(
+        tmp_path / "c", methods=[REFERENCE, "x1", "x2", "x3", "x4", "x5", "x6"]), "c"))
+    report.share_colors([a, b, c])  # 17 methods in all: tab20 would pair near-equal shades
+    for t in (a, b, c):
+        assert len(set(t.colors.values())) == len(t.methods), t.study.name
+        assert set(t.colors.values()) <= set(report._palette()[:10])  # tab10's hues
+    assert a.colors[REFERENCE] == c.colors[REFERENCE]  # shared methods keep their colour
