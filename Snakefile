@@ -37,8 +37,18 @@ localrules:
     report,
 
 
+# The results folder's lock (bench.runlock) is taken here and held by this process until it
+# ends: a second run on the same results folder refuses instead of deleting this run's results.
 onstart:
     before_any_job()
+
+
+onsuccess:
+    after_last_job()
+
+
+onerror:
+    after_last_job()
 
 
 # The report, every table and every result: a deleted result or table is remade by a plain

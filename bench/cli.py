@@ -225,12 +225,17 @@ def _config_threads(configured: Any, granted: int | None, what: str) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from bench.verify import verify_run
 
-    cfg = load_cli_config(args)
-    if args.results:
-        cfg["results"] = args.results
-    verdict = verify_run(cfg, statuses=tuple(args.status), tables=not args.no_report,
-                         report=not args.no_report, tracking=not args.no_tracking,
-                         uri=args.tracking_uri)
+    checks = dict(statuses=tuple(args.status), tables=not args.no_report,
+                  report=not args.no_report, tracking=not args.no_tracking,
+                  uri=args.tracking_uri)
+    if args.results:  # the folder by its own record (bench.verify.verify_folder)
+        from bench.verify import read_run_plan, verify_folder
+
+        given = bool(args.configfile or getattr(args, "config_json", None))
+        cfg = load_cli_config(args) if given or read_run_plan(args.results) is None else None
+        verdict = verify_folder(args.results, cfg, **checks)
+    else:
+        verdict = verify_run(load_cli_config(args), **checks)
     print(verdict.summary())
     return 0 if verdict.ok else 1
 

@@ -791,6 +791,77 @@ def _stale_result(work: Path) -> Outcome:
                     f"{'yes' if current else 'NO'}", lost, dup, problems)
 
 
+@fault("two_clones_one_results", "two `snakemake` runs from two clones (each its own "
+       "working directory and `.snakemake/`) on one results folder, tracking on; the second "
+       "starts while the first trains",
+       "the second refuses before any job, naming the run that holds the folder (pid, host, "
+       "clone, start time) and what to do, and deletes nothing; the first completes; run "
+       "again afterwards, the second clone has nothing to do; no cell trained twice")
+def _two_clones(work: Path) -> Outcome:
+    from bench.runlock import holder
+
+    # epochs of ~1 s (1024 images): the first run still holds the folder when the second,
+    # ~10 s of snakemake start-up later, reaches the lock
+    cfg = tiny_config(work, {"seeds": 2, "epochs": 4, "data_options": {"synthetic": {
+        "n_train": 1024, "n_val": 64, "num_classes": 4}}},
+        tracking={"enabled": True, "uri": None})
+    uri = f"sqlite:///{work / 'results' / 'mlflow.db'}"
+    clones = [work / "clone_a", work / "clone_b"]
+    configs = []
+    for clone in clones:
+        clone.mkdir()
+        configs.append(write_config(clone, cfg))
+    env = _env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(work / "clone_a.log", "w")  # noqa: SIM115 - closed below
+    first = subprocess.Popen(snakemake_cmd(clones[0], configs[0], "--cores", "2"),
+                             cwd=clones[0], env=env, stdout=log, stderr=subprocess.STDOUT)
+    cells = [cell_dir(cfg["results"], c) for c in plan(cfg)]
+    end = time.time() + 600
+    while time.time() < end and first.poll() is None:  # the first run trains
+        if holder(cfg["results"]) is not None and any(
+                (d / "checkpoint.pt").exists() or (d / "result.json").exists() for d in cells):
+            break
+        time.sleep(0.2)
+    if first.poll() is not None:
+        log.close()
+        return Outcome(False, f"the first run ended (exit {first.returncode}) before the "
+                              "second could start")
+    second = subprocess.run(snakemake_cmd(clones[1], configs[1], "--cores", "2"),
+                            cwd=clones[1], env=env, capture_output=True, text=True, timeout=600)
+    still_running = first.poll() is None
+    try:
+        code_a = first.wait(timeout=900)
+    finally:
+        log.close()
+    text = second.stdout + second.stderr
+    named = f"pid {first.pid}" in text and str(clones[0]) in text and "started" in text
+    refused = second.returncode != 0 and (
+        ("in use by another snakemake run" in text and named)
+        or "while this one was planning" in text)
+    again = subprocess.run(snakemake_cmd(clones[1], configs[1], "--cores", "2"),
+                           cwd=clones[1], env=env, capture_output=True, text=True, timeout=900)
+    nothing = "Nothing to be done" in again.stdout + again.stderr
+    v = verify_run(cfg, tables=True, report=True, tracking=True, uri=uri)
+    problems = list(v.problems)
+    if v.superseded_runs:
+        problems.insert(0, f"{v.superseded_runs} cell(s) trained twice (superseded MLflow runs)")
+    if not refused:
+        problems.insert(0, f"the second run was not refused (exit {second.returncode}): "
+                           + text[-600:])
+    if code_a != 0:
+        problems.insert(0, f"the first run failed (exit {code_a}): see {work / 'clone_a.log'}")
+    if again.returncode != 0:
+        problems.insert(0, "the second clone's later run failed: " + again.stderr[-500:])
+    ok = refused and code_a == 0 and again.returncode == 0 and nothing and not v.superseded_runs
+    why = ("holder named" if named else "plan outdated") if refused else "NOT refused"
+    return _verdict(ok, f"second run exit {second.returncode} ({why}; first run still "
+                        f"training then: {'yes' if still_running else 'no'}); first run exit "
+                        f"{code_a}; second clone afterwards: "
+                        f"{'nothing to do' if nothing else 'REPLANNED'}",
+                    v.lost, v.duplicated + v.superseded_runs, problems)
+
+
 # shell syntax that would create `pwned*` in the job's working directory if ever run
 _PAYLOAD = "x$(touch pwned1) `touch pwned2` ; touch pwned3 ' \" && touch pwned4"
 

@@ -5,8 +5,12 @@ import json
 import os
 import shlex
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from bench.config import (
     Cell,
@@ -14,6 +18,8 @@ from bench.config import (
     canonical_json,
     cell_dir,
     check_config,
+    check_config_files,
+    config_hash,
     check_device,
     claims_path,
     dataset_spec,
@@ -24,13 +30,17 @@ from bench.config import (
     write_cell_config,
 )
 from bench.errors import ConfigError
+from bench.runlock import RunLock, RunLockError
+from bench.verify import result_problem, set_aside, write_run_plan
 
 
 # Schema, names, options, shapes: every bad input stops here, before any job, in one line per
 # problem (check_config validates against config/schema/config.schema.yaml itself). A cluster
 # job step re-reads the config its main process checked in full: there the checks that import
 # torch and SciPy are skipped (deep=False returns the same config).
+PLANNING_SINCE = time.time()  # a run that used the results folder after this: plan outdated
 try:
+    check_config_files(workflow.configfiles)  # a key twice: Snakemake keeps the last
     CONFIG = check_config(config, deep=workflow.is_main_process)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
@@ -105,7 +115,41 @@ def cell_inputs(wildcards):
     except OSError as e:
         raise WorkflowError(f"cannot write the resolved config of cell {cell.cell_id} under "
                             f"{RESULTS}: {e.strerror}") from None
+    PLANNED_HASHES[cell.cell_id] = config_hash(cfg)
+    check_existing_result(cell, config_file, PLANNED_HASHES[cell.cell_id])
     return {"config": str(config_file), "data": prepared_data(wildcards), **cfg["inputs"]}
+
+
+PLANNED_HASHES = {}  # cell id -> config hash, as planned (the run's record: run-plan.json)
+
+
+def check_existing_result(cell, config_file, expected_hash):
+    """A result.json that Snakemake would keep (newer than the cell's config file) but that is
+    not a result of this cell's config (`{}`, damaged, another cell's or config's): kept, the
+    cell would never be trained again and every aggregate of its study would fail, deleting
+    the study's tables and the report each time. A real run takes the results folder's lock
+    (right here: never beside another run), renames the file to `result.json.bad-<time>`
+    beside it (kept) and so plans the cell again; a dry run only says so. A result older than
+    its config file reruns anyway (a changed setting): Snakemake replaces it."""
+    result = config_file.parent / "result.json"
+    try:
+        mtime = result.stat().st_mtime_ns
+        if mtime < config_file.stat().st_mtime_ns:
+            return
+    except OSError:
+        return
+    why = result_problem(result, cell.cell_id, expected_hash)
+    if why is None:
+        return
+    if not executing():
+        logger.warning(f"memrepro: {result} is not a result of this cell's config ({why}): "
+                       "a run (not -n) sets it aside as result.json.bad-<time> beside it (kept) "
+                       "and trains the cell again")
+        return
+    take_results_lock()
+    kept = set_aside(result)
+    logger.warning(f"memrepro: {result} is not a result of this cell's config ({why}): set "
+                   f"aside as {kept.name} beside it (kept); the cell is trained again")
 
 
 def ranking_checkpoint(wildcards):
@@ -187,13 +231,63 @@ def init_tracking_args():
                    "--out", f"{RESULTS}/.tracking.json"]
 
 
+RUN_LOCK = RunLock(Path(RESULTS).resolve(), clone=str(Path(workflow.basedir).resolve()),
+                   command=shlex.join(sys.argv))
+
+
 def before_any_job():
-    """`onstart`: devices that the local jobs will ask for exist, and the MLflow store."""
+    """`onstart` (main process only; never on a dry run): the results folder's lock, the
+    run's plan recorded, devices that the local jobs will ask for, the
+    MLflow store. Any failure here releases the lock again."""
+    if not workflow.is_main_process:
+        return
+    take_results_lock()
+    try:
+        _prepare_run()
+    except BaseException:
+        RUN_LOCK.release()
+        raise
+
+
+def executing():
+    """Is this the main process of a run that executes jobs (not -n, --touch, --dag, --summary,
+    --lint, ..., and not a cluster job's step)?"""
+    return (workflow.is_main_process and workflow.executor_plugin is not None
+            and not workflow.dryrun and not workflow.touch)
+
+
+def take_results_lock():
+    """The results folder's lock for this (main) process, or a WorkflowError naming the run
+    that holds it; taken once, held until snakemake ends."""
+    try:
+        notes = RUN_LOCK.acquire(planned_since=PLANNING_SINCE)
+    except RunLockError as e:
+        raise WorkflowError(str(e)) from None
+    except OSError as e:
+        raise WorkflowError(f"cannot lock the results folder {RESULTS}: {e}") from None
+    for note in notes:
+        logger.warning(f"memrepro: {note}")
+
+
+def after_last_job():
+    """`onsuccess` and `onerror` (also after Ctrl-C): release the results folder."""
+    RUN_LOCK.release()
+
+
+def _prepare_run():
     if workflow.local_exec:  # a cluster's jobs run elsewhere: their devices are theirs to check
         try:
             check_device(CONFIG)
         except ConfigError as e:
             raise WorkflowError(str(e)) from None
+    for c in CELLS:
+        if c.cell_id not in PLANNED_HASHES:
+            PLANNED_HASHES[c.cell_id] = config_hash(RESOLVER.resolve(c))
+    try:
+        write_run_plan(RESULTS, CONFIG, {c.cell_id: PLANNED_HASHES[c.cell_id] for c in CELLS},
+                       TRACKING_URI, str(Path(workflow.basedir).resolve()))
+    except OSError as e:
+        raise WorkflowError(f"cannot write {RESULTS}/run-plan.json: {e.strerror}") from None
     if TRACKING_URI:
         proc = subprocess.run(init_tracking_args(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)

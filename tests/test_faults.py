@@ -105,3 +105,35 @@ def test_a_second_copy_of_a_running_cell_waits_and_reuses_its_result(tmp_path):
     log = "".join(waiting) + log
     assert proc.returncode == 0, log
     assert "finished by another process" in log and "epoch 1/" not in log
+
+
+def test_verify_from_another_clone_finds_nothing_lost_in_mlflow(tmp_path):
+    """A tracked run verified with another clone's config (here: another learning rate, so
+    other config hashes, as other code would give): its results are stale for that config,
+    said once each with the reason, never also counted as lost MLflow runs; judged by the
+    folder's own record (`verify --results`), the run is clean."""
+    from bench.config import cell_dir, config_hash, plan, resolve_cell
+    from bench.faults import tiny_config
+    from bench.tracking import Tracker, init_store
+    from bench.train import run_cell
+    from bench.verify import verify_folder, verify_run, write_run_plan
+
+    cfg = tiny_config(tmp_path, {"seeds": 1, "epochs": 1})
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    init_store(uri, [], tmp_path / "art")
+    tracker = Tracker(uri, tmp_path / "art")
+    for cell in plan(cfg):
+        run_cell(resolve_cell(cfg, cell), cell_dir(cfg["results"], cell) / "result.json",
+                 tracker=tracker)
+    write_run_plan(cfg["results"], cfg, {c.cell_id: config_hash(resolve_cell(cfg, c))
+                                         for c in plan(cfg)}, uri, "/the/clone")
+    (study,) = cfg["studies"]
+    other = tiny_config(tmp_path, {"seeds": 1, "epochs": 1, "train": {
+        **cfg["studies"][study]["train"], "lr": 0.01}})
+    judged_by_config = verify_run(other, tables=False, report=False, uri=uri)
+    assert judged_by_config.lost == 0 and len(judged_by_config.problems) == 1, \
+        judged_by_config.summary()
+    assert "current for this folder's own last run" in judged_by_config.problems[0]
+    own = verify_folder(cfg["results"], other, tables=False, report=False, uri=uri)
+    assert own.ok and own.runs == 1, own.summary()
+    assert "1 cells it resolves to another config hash" in own.summary()

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,10 @@ def test_keep_going_one_failing_cell_does_not_stop_the_others(tmp_path):
     assert not (cells / "s1" / "result.json").exists()
     assert "checkpoint" in (cells / "s1" / "train.log").read_text()
     assert not (tmp_path / "results" / "report" / "report.html").exists()
+    from bench.runlock import holder  # a failed run releases the results folder too
+
+    assert holder(tmp_path / "results") is None
+    assert json.loads((tmp_path / "results" / ".run.lock").read_text())["released"]
 
 
 def test_restwake_section_phases_claims_and_paper_checks(smoke_run):
@@ -378,10 +383,14 @@ def test_a_failed_aggregate_leaves_neither_tables_nor_report(tiny_run, tmp_path)
     work, cfg = copy_run(tiny_run, tmp_path / "w")
     result = (work / "results" / "t" / "cells" / "sgd" / "resnet18_cifar" / "synthetic" / "none"
               / "s0" / "result.json")
-    result.write_text("{ not json")  # newer than the tables: the study is aggregated again
+    # the cell's own result (its cell and config hash) in a schema aggregate cannot read, newer
+    # than the tables: the study is aggregated again and fails ("{}" or a foreign result would
+    # be set aside and remade instead: test_a_corrupted_result_is_set_aside_and_remade)
+    doc = json.loads(result.read_text())
+    result.write_text(json.dumps({**doc, "schema_version": 99}))
     proc = snakemake(work, "--configfile", str(cfg))
     assert proc.returncode != 0
-    assert "not valid JSON" in (work / "results" / "logs" / "aggregate" / "t.log").read_text()
+    assert "schema_version is 99" in (work / "results" / "logs" / "aggregate" / "t.log").read_text()
     assert not list((work / "results" / "t" / "tables").glob("*.csv"))
     assert not (work / "results" / "report" / "report.html").exists()
     assert not (work / "results" / "report" / "report.tex").exists()
@@ -402,3 +411,144 @@ def test_aggregate_refuses_a_result_of_another_config(tiny_run, tmp_path):
     assert proc.returncode == 2 and "another config" in proc.stderr, proc.stderr
     assert str(result) in proc.stderr or "s1" in proc.stderr
     assert not (tmp_path / "tables").exists()
+
+
+# ----------------------------------------------------------------------------- bad results
+
+
+def test_a_corrupted_result_is_set_aside_and_remade(tiny_run, tmp_path):
+    """`{}` and a result of another config, each newer than its cell's config file: Snakemake
+    would keep them, every aggregate would fail and delete the tables and the report, and
+    "run snakemake" would loop. A run sets each aside (kept, renamed) and retrains the cell;
+    a dry run only says so."""
+    work, cfg = copy_run(tiny_run, tmp_path / "w")
+    cells = work / "results" / "t" / "cells" / "sgd" / "resnet18_cifar" / "synthetic" / "none"
+    empty, foreign = cells / "s0" / "result.json", cells / "s1" / "result.json"
+    empty.write_text("{}")
+    doc = json.loads(foreign.read_text())
+    foreign_text = json.dumps({**doc, "config_hash": "0" * 12})
+    foreign.write_text(foreign_text)
+    dry = snakemake(work, "--configfile", str(cfg), "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    text = dry.stdout + dry.stderr
+    assert text.count("a run (not -n) sets it aside") == 2, text[-3000:]
+    assert empty.read_text() == "{}" and not list(cells.rglob("result.json.bad-*"))
+
+    proc = snakemake(work, "--configfile", str(cfg))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    assert text.count("set aside as result.json.bad-") == 2, text[-3000:]
+    (kept_empty,) = (cells / "s0").glob("result.json.bad-*")
+    (kept_foreign,) = (cells / "s1").glob("result.json.bad-*")
+    assert kept_empty.read_text() == "{}" and kept_foreign.read_text() == foreign_text
+    hashes = {line.split()[0]: line.split()[1] for line in subprocess.run(
+        ["python3", "-m", "bench", "plan", "--hash", "--configfile", str(cfg)], cwd=work,
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True).stdout.splitlines()}
+    for result in (empty, foreign):
+        assert json.loads(result.read_text())["config_hash"] in hashes.values()
+    assert len(read_csv(work / "results" / "t" / "tables" / "cells.csv")) == 2
+    assert (work / "results" / "report" / "report.html").is_file()
+    assert "Nothing to be done" in snakemake(work, "--configfile", str(cfg), "-n").stdout
+
+
+# ----------------------------------------------------------------------------- one run per folder
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from bench.runlock import RunLock
+RunLock(Path(sys.argv[1]), clone="/the/other/clone").acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_run_on_a_results_folder_in_use_is_refused_a_dry_run_is_not(tiny_run, tmp_path):
+    """A second run on a results folder refuses before any job, naming the holder; a dry run
+    plans as usual; a dead holder's lock is taken over; Ctrl-C releases it."""
+    import signal
+    import time
+
+    from bench.runlock import holder
+
+    work, cfg = copy_run(tiny_run, tmp_path / "w")
+    results = work / "results"
+    cells = results / "t" / "cells" / "sgd" / "resnet18_cifar" / "synthetic" / "none"
+    (cells / "s1" / "result.json").unlink()  # work to do
+    kept = (cells / "s0" / "result.json").read_bytes()
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(results)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert other.stdout.readline().strip() == "held"
+        dry = snakemake(work, "--configfile", str(cfg), "-n")
+        assert dry.returncode == 0 and planned(dry, "train") == 1, dry.stderr[-3000:]
+        proc = snakemake(work, "--configfile", str(cfg))
+        assert proc.returncode != 0
+        assert "in use by another snakemake run" in proc.stderr, proc.stderr[-3000:]
+        assert f"pid {other.pid}" in proc.stderr and "/the/other/clone" in proc.stderr
+        assert "Wait for it to finish" in proc.stderr
+        assert (cells / "s0" / "result.json").read_bytes() == kept
+        assert holder(results)["pid"] == other.pid
+    finally:
+        other.kill()
+        other.wait()
+    # the holder was killed (SIGKILL, no release): its lock is stale, taken over, said so;
+    # that run, interrupted (Ctrl-C) while it trains, releases the folder
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with open(tmp_path / "run.log", "w") as log:
+        proc = subprocess.Popen(["snakemake", "--snakefile", str(ROOT / "Snakefile"),
+                                 "--directory", str(work), "--cores", "2", "--configfile",
+                                 str(cfg)], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        end = time.time() + 300
+        while time.time() < end and proc.poll() is None:
+            held = holder(results)
+            if held and held.get("pid") == proc.pid and (cells / "s1" / "train.log").exists():
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "snakemake ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    text = (tmp_path / "run.log").read_text()
+    assert f"pid {other.pid}" in text and "taking it over" in text, text[-3000:]
+    assert holder(results) is None
+    record = json.loads((results / ".run.lock").read_text())
+    assert record["released"] and record["pid"] == proc.pid and record["workdir"] == str(work)
+    assert (cells / "s0" / "result.json").read_bytes() == kept
+
+
+# ----------------------------------------------------------------------------- verify elsewhere
+
+
+def test_verify_judges_a_results_folder_by_its_own_record(tiny_run, tmp_path):
+    """From another clone (another config, other code): `verify --results DIR` judges DIR by
+    the plan its last run recorded; judged by another config, a stale result says why."""
+    work, _ = copy_run(tiny_run, tmp_path / "w")
+    from bench.faults import TINY_STUDY
+
+    elsewhere = tmp_path / "other_clone"
+    elsewhere.mkdir()
+    other = tiny_workflow_config(elsewhere / "other.yaml", seeds=3,
+                                 train={**TINY_STUDY["train"], "lr": 0.02})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def verify(*args):
+        return subprocess.run(["python3", "-m", "bench", "verify", *args], cwd=elsewhere,
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    for args in (["--results", str(work / "results")],
+                 ["--results", str(work / "results"), "--configfile", str(other)]):
+        proc = verify(*args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "judged by" in proc.stdout and "run-plan.json" in proc.stdout
+        assert "2 cells planned, 2 results found" in proc.stdout and "0 lost" in proc.stdout
+    assert "1 cells it plans that the run did not" in proc.stdout
+    assert "2 cells it resolves to another config hash" in proc.stdout
+    # judged by the other config (its results folder is this one): stale, and why
+    shutil.copytree(work / "results", elsewhere / "results")
+    proc = verify("--configfile", str(other))
+    assert proc.returncode == 1
+    assert proc.stdout.count("(stale result); but it is current for this folder's own last run") == 2
