@@ -14,6 +14,13 @@ tripped and S1, S2 and the sawtooth were one open-loop schedule under three name
 - `not_degenerate` (per adaptive cell): fails, value `degenerate`, when the trajectory equals the
   sawtooth cell's of the same seed, or the open-loop schedule the controller follows when its
   guard never acts (compress by beta from 1 to r_min, reset at the floor).
+- `sparsity_bites` (per adaptive cell): at least one epoch trained at a keep ratio r below the
+  natural density of the hooked ReLU outputs, so that top-k removed activations the ReLUs had
+  kept. The natural density of epoch t is the cell's own `effective_activation_rate` in its
+  latest epoch at r = 1 up to t (TopK is then the identity and only counts), or, before any such
+  epoch, the `dense` cell's of the same group and seed in epoch t. Above it top-k changes
+  nothing (the study's README: ~0.45-0.58 on digits), and a controller that never goes below it
+  trains a dense network under another name. No measured density fails the check and says so.
 
 Reads result.json documents only (no torch). The controller constants are the cell's
 `config.method_options` over METHODS.md's defaults (`DEFAULTS`, the methods' own defaults: a test
@@ -29,6 +36,7 @@ from bench.checks import Check, axes_of, register_checks
 
 ADAPTIVE = ("topk_s1", "topk_s2")
 SAWTOOTH = "topk_sawtooth"
+DENSE = "dense"
 DEFAULTS = {"r_min": 0.05, "beta": 0.8, "period": 10}  # METHODS.md, as the methods' defaults
 TOL = 1e-9
 
@@ -67,7 +75,60 @@ def _fmt(traj: Sequence[float | None], n: int = 14) -> str:
     return f"[{s}{', ...' if len(traj) > n else ''}]"
 
 
-@register_checks("sparsity_regimes", "trajectories_differ", "guard_reset", "not_degenerate")
+def _rate(h: Mapping[str, Any]) -> float | None:
+    v = h.get("effective_activation_rate")
+    try:
+        return float(v) if v is not None and float(v) == float(v) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def natural_density(history: Sequence[Mapping[str, Any]],
+                    dense: Sequence[Mapping[str, Any]] | None) -> list[float | None]:
+    """Per epoch of `history`: the natural density of the hooked outputs (see `sparsity_bites`
+    in the module docstring); None where neither source measured it."""
+    out: list[float | None] = []
+    own: float | None = None
+    for t, h in enumerate(history):
+        kr = h.get("keep_ratio")
+        if kr is not None and float(kr) >= 1.0 - TOL and _rate(h) is not None:
+            own = _rate(h)
+        if own is not None:
+            out.append(own)
+        elif dense is not None and t < len(dense):
+            out.append(_rate(dense[t]))
+        else:
+            out.append(None)
+    return out
+
+
+def _bites(m: str, group: dict[str, Any], r: Mapping[str, Any],
+           dense: Mapping[str, Any] | None) -> Check:
+    history = r.get("history") or []
+    density = natural_density(history, (dense.get("history") or []) if dense else None)
+    expected = "r < the natural density in >= 1 epoch"
+    measured = [(t, float(h["keep_ratio"]), d) for t, (h, d) in enumerate(zip(history, density,
+                                                                                strict=True))
+                if d is not None and h.get("keep_ratio") is not None]
+    if not measured:
+        return Check("sparsity_bites", m, **group, passed=False,
+                     value="no natural density measured",
+                     expected=expected,
+                     detail="record effective_activation_rate per epoch (a cell at r = 1, or a "
+                            "dense cell of the same group and seed)")
+    biting = [(t, kr, d) for t, kr, d in measured if kr < d - TOL]
+    t, kr, d = min(measured, key=lambda x: x[1] - x[2])
+    rate = _rate(history[t])
+    value = (f"{len(biting)} of {len(history)} epochs below; lowest r {kr:.3g} in epoch {t + 1} "
+             f"vs density {d:.3g}")
+    return Check("sparsity_bites", m, **group, passed=bool(biting), value=value,
+                 expected=expected,
+                 detail=(f"effective rate {rate:.3g} in epoch {t + 1}" if rate is not None
+                         else ""))
+
+
+@register_checks("sparsity_regimes", "trajectories_differ", "guard_reset", "not_degenerate",
+                 "sparsity_bites")
 def checks(results: Sequence[Mapping[str, Any]]) -> list[Check]:
     by_key: dict[tuple, dict[str, Mapping[str, Any]]] = {}
     for r in results:
@@ -131,4 +192,5 @@ def checks(results: Sequence[Mapping[str, Any]]) -> list[Check]:
                              value=("degenerate: " + "; ".join(why)) if why else "adaptive",
                              expected=f"differs from {SAWTOOTH} and from the open-loop schedule",
                              detail=_fmt(traj)))
+            out.append(_bites(m, group, r, cells.get(DENSE)))
     return out

@@ -506,3 +506,36 @@ def test_sparsity_method_cell(name, options, tmp_path):
         assert 0.0 <= final[f"acc_at_r{r:g}"] <= 1.0
     assert "acc_at_r0.5" in final
     assert final["mean_keep_ratio"] == pytest.approx(sum(ratios) / 3)
+
+
+def test_the_paper_config_uses_the_papers_global_top_k_the_quick_one_per_layer():
+    from bench.config import ROOT, Cell, check_config, load_config, resolve_cell
+
+    for name, scope in (("paper.yaml", "network"), ("config.yaml", "layer")):
+        cfg = check_config(load_config([ROOT / "config" / name]))
+        study = cfg["studies"]["sparsity_regimes"]
+        for method in study["methods"]:
+            cell = resolve_cell(cfg, Cell("sparsity_regimes", method, study["models"][0],
+                                          study["datasets"][0], str(study["budgets"][0]), 0))
+            assert cell["method_options"]["scope"] == scope, (name, method)
+
+
+@pytest.mark.parametrize("options,bites", [
+    ({"scope": "network", "beta": 0.3, "loss_tolerance": 100.0}, True),  # r 1, 0.3, 0.09
+    ({"scope": "network", "r_min": 0.9, "beta": 0.95, "loss_tolerance": 100.0}, False),
+])
+def test_sparsity_bites_on_a_trained_cell(options, bites, tmp_path):
+    from bench.checks import checks_table
+    from bench.studies.sparsity_regimes import checks  # noqa: F401 (registers the checks)
+
+    cfg = tiny_cell(tmp_path, method="topk_s1", methods=["sgd", "topk_s1"], epochs=3,
+                    method_options={"topk_s1": options})
+    result = run_cell(cfg, tmp_path / "result.json", tracker=None)
+    assert result["status"] == "ok", result["reason"]
+    density = result["history"][0]["effective_activation_rate"]  # r = 1: the ReLUs' own
+    assert 0.2 < density < 0.9
+    result["axes"]["study"] = "sparsity_regimes"
+    t = checks_table("sparsity_regimes", [result])
+    row = t[t["check"] == "sparsity_bites"].iloc[0]
+    assert bool(row["passed"]) is bites, row.to_dict()
+    assert f"vs density {density:.3g}" in row["value"]

@@ -17,9 +17,15 @@ from bench.studies.sparsity_regimes.controllers import (
 STUDY = "sparsity_regimes"
 
 
-def result(method, seed, ratios, causes=None, **opts):
+NATURAL = 0.5  # natural density of the hooked ReLU outputs (METHODS.md: about 0.5)
+
+
+def result(method, seed, ratios, causes=None, natural=NATURAL, **opts):
+    """A scripted result; the effective activation rate is min(r, natural density) (global
+    top-k keeps r of the entries, and nothing below the ReLUs' own density)."""
     causes = causes or [""] * len(ratios)
-    history = [{"epoch": i, "keep_ratio": r, "reset_cause": c}
+    history = [{"epoch": i, "keep_ratio": r, "reset_cause": c,
+                "effective_activation_rate": min(r, natural)}
                for i, (r, c) in enumerate(zip(ratios, causes, strict=True))]
     return {"axes": {"study": STUDY, "method": method, "model": "wrn28_4", "dataset": "digits",
                      "budget": "none", "seed": seed},
@@ -35,8 +41,14 @@ def run_controller(controller, probe, epochs):
     return ratios, causes
 
 
-def costly(r):  # sparsity costs loss and accuracy in proportion to 1 - r
-    return Probe(1.0, 0.95, 1.0 + 0.6 * (1 - r), 0.95 - 0.05 * (1 - r))
+def costly(r):  # sparsity costs loss and accuracy once r is below the natural density
+    cut = max(0.0, NATURAL - r)
+    return Probe(1.0, 0.95, 1.0 + 2.0 * cut, 0.95 - 0.2 * cut)
+
+
+def steep(r):  # guards that trip as soon as r < 0.9: both controllers stay above the density
+    cut = max(0.0, 0.9 - r)
+    return Probe(1.0, 0.95, 1.0 + 2.0 * cut, 0.95 - 0.4 * cut)
 
 
 def free(r):  # sparsity costs nothing measurable: no guard ever trips
@@ -148,3 +160,42 @@ def test_the_checks_defaults_are_the_methods_defaults():
         opts = METHODS.get(name).resolve_options({})
         assert (opts["r_min"], opts["beta"]) == (DEFAULTS["r_min"], DEFAULTS["beta"])
     assert METHODS.get("topk_sawtooth").resolve_options({})["period"] == DEFAULTS["period"]
+
+
+def test_sparsity_bites_needs_an_epoch_below_the_natural_density():
+    alive = rows(checks_table(STUDY, cells(costly)), "sparsity_bites")
+    assert len(alive) == 6 and alive["passed"].all()  # S1 and S2 go below 0.5, per seed
+    assert alive["value"].str.contains("vs density 0.5").all()
+    never = rows(checks_table(STUDY, cells(steep)), "sparsity_bites")
+    assert len(never) == 6 and not never["passed"].any()
+    assert never["value"].str.startswith("0 of 14 epochs below").all()
+    assert failures(checks_table(STUDY, cells(steep)), ["sparsity_bites"],
+                    ["topk_s1", "dense"]) != []
+
+
+def test_natural_density_is_the_cells_own_dense_epoch_else_the_dense_cell():
+    from bench.studies.sparsity_regimes.checks import natural_density
+
+    own = result("topk_s1", 0, [1.0, 0.8, 0.64, 1.0, 0.8], natural=0.7)["history"]
+    assert natural_density(own, None) == [0.7] * 5
+    own[3]["effective_activation_rate"] = 0.6  # the density measured at the next r = 1 epoch
+    assert natural_density(own, None) == [0.7, 0.7, 0.7, 0.6, 0.6]
+    # no epoch at r = 1 (a controller that starts sparse): the dense cell's, epoch by epoch
+    start = result("topk_s2", 0, [0.9, 0.72, 0.9], natural=0.95)["history"]
+    dense = result("dense", 0, [1.0, 1.0, 1.0], natural=0.55)["history"]
+    assert natural_density(start, dense) == [0.55, 0.55, 0.55]
+    t = rows(checks_table(STUDY, [
+        result("topk_s2", 0, [0.9, 0.72, 0.9], ["", "guard", ""]),
+        result("dense", 0, [1.0, 1.0, 1.0], natural=0.55)]), "sparsity_bites")
+    assert t["passed"].tolist() == [False] and "lowest r 0.72 in epoch 2" in t["value"].iloc[0]
+    t = rows(checks_table(STUDY, [
+        result("topk_s2", 0, [0.9, 0.72, 0.9], ["", "guard", ""]),
+        result("dense", 0, [1.0, 1.0, 1.0], natural=0.8)]), "sparsity_bites")
+    assert t["passed"].tolist() == [True]  # 0.72 < 0.8: top-k removed activations
+    # nothing measured: the check fails and says what to record
+    bare = result("topk_s1", 0, [0.9, 0.72])
+    for h in bare["history"]:
+        del h["effective_activation_rate"]
+    t = rows(checks_table(STUDY, [bare]), "sparsity_bites")
+    assert not t["passed"].iloc[0] and t["value"].iloc[0] == "no natural density measured"
+    assert "effective_activation_rate" in t["detail"].iloc[0]

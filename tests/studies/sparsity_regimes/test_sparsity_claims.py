@@ -17,6 +17,7 @@ from bench.studies.sparsity_regimes.controllers import (
     LossGuardedController,
     Probe,
     SawtoothController,
+    open_loop_ratios,
 )
 
 STUDY = "sparsity_regimes"
@@ -36,7 +37,7 @@ def cells(values):
     return pd.DataFrame(rows)
 
 
-def mechanism(probe, seeds, epochs=14):
+def mechanism(probe, seeds, epochs=14, natural=0.5):
     """The study's mechanism-check rows for controllers driven by `probe(r)` (no training)."""
     results = []
     for seed in range(seeds):
@@ -45,7 +46,8 @@ def mechanism(probe, seeds, epochs=14):
                           ("topk_sawtooth", SawtoothController())):
             history = []
             for epoch in range(epochs):
-                history.append({"epoch": epoch, "keep_ratio": c.r})
+                history.append({"epoch": epoch, "keep_ratio": c.r,
+                                "effective_activation_rate": min(c.r, natural)})
                 c.step(probe(c.r))
                 history[-1]["reset_cause"] = c.reset_cause
             results.append({"axes": {"study": STUDY, "method": method, "model": GROUP[0],
@@ -54,8 +56,9 @@ def mechanism(probe, seeds, epochs=14):
     return checks_table(STUDY, results)
 
 
-def adaptive(r):  # the cost of sparsity grows as r falls: both guards trip, differently
-    return Probe(1.0, 0.95, 1.0 + 0.6 * (1 - r), 0.95 - 0.05 * (1 - r))
+def adaptive(r):  # sparsity costs once r is below the natural density (0.5): both guards trip
+    cut = max(0.0, 0.5 - r)  # there, differently
+    return Probe(1.0, 0.95, 1.0 + 2.0 * cut, 0.95 - 0.2 * cut)
 
 
 def open_loop(r):  # no measurable cost: no guard trips, S1 = S2 = the open-loop schedule
@@ -81,7 +84,7 @@ def test_the_claims_file_is_valid_for_the_study():
         assert float(c["value"]) == pytest.approx(gain)
     for cid in ADAPTIVE_CLAIMS:
         assert set(by_id[cid]["requires"]) == {"trajectories_differ", "guard_reset",
-                                               "not_degenerate"}
+                                               "not_degenerate", "sparsity_bites"}
 
 
 @pytest.mark.parametrize("seeds", [2, 3, 5, 10])
@@ -128,3 +131,123 @@ def test_a_real_gain_reads_reproduced_only_while_the_mechanism_is_alive():
         assert v.startswith("withheld (mechanism check failed:"), v
         assert "not_degenerate" in v and "guard_reset" in v and "trajectories_differ" in v
         assert "verdict would be reproduced" in dead[cid]["reason"]
+
+
+# --- the catalogue of degenerate mechanisms: each ends `withheld`, naming its check ----------
+
+
+def steep(r):  # guards that trip as soon as r < 0.9: S1 and S2 stay above the natural density
+    cut = max(0.0, 0.9 - r)
+    return Probe(1.0, 0.95, 1.0 + 2.0 * cut, 0.95 - 0.4 * cut)
+
+
+def _gain():
+    rng = np.random.default_rng(1)
+    shared = rng.normal(0, 0.002, 3)
+    return {"dense": 0.869 + shared + rng.normal(0, 3e-4, 3),
+            "topk_s1": 0.8797 + shared + rng.normal(0, 3e-4, 3),
+            "topk_s2": 0.8802 + shared + rng.normal(0, 3e-4, 3)}
+
+
+def _scripted(s1, s2, saw=None, natural=0.5, seeds=3, **opts):
+    """Result documents with the given (ratios, causes) per adaptive method, the same in every
+    seed, through the study's checks."""
+    results = []
+    for seed in range(seeds):
+        for method, (ratios, causes) in (("topk_s1", s1), ("topk_s2", s2),
+                                         *((("topk_sawtooth", saw),) if saw else ())):
+            history = [{"epoch": i, "keep_ratio": r, "reset_cause": c,
+                        "effective_activation_rate": min(r, natural)}
+                       for i, (r, c) in enumerate(zip(ratios, causes, strict=True))]
+            results.append({"axes": {"study": STUDY, "method": method, "model": GROUP[0],
+                                     "dataset": GROUP[1], "budget": GROUP[2], "seed": seed},
+                            "status": "ok", "history": history,
+                            "config": {"method_options": opts}})
+    return checks_table(STUDY, results)
+
+
+def _run(controller, probe, epochs=14):
+    ratios, causes = [], []
+    for _ in range(epochs):
+        ratios.append(controller.r)
+        controller.step(probe(controller.r))
+        causes.append(controller.reset_cause)
+    return ratios, causes
+
+
+def _withheld_by(checks, check, claims=ADAPTIVE_CLAIMS):
+    failed = set(checks.loc[~checks["passed"], "check"])
+    rows = verdicts(_gain(), checks)
+    for cid in claims:
+        v = rows[cid]["verdict"]
+        assert v.startswith("withheld (mechanism check failed:") and check in v, (cid, v)
+        assert "verdict would be reproduced" in rows[cid]["reason"]
+    assert rows["dense_val_acc"]["verdict"] == "reproduced"
+    return failed
+
+
+def test_sparsity_that_never_bites_is_withheld():
+    # both guards trip above the natural density (0.5): S1 1, 0.8, reset; S2 holds 0.8, reset
+    checks = mechanism(steep, 3)
+    bites = checks[checks["check"] == "sparsity_bites"]
+    assert len(bites) == 6 and not bites["passed"].any()
+    assert bites["value"].str.startswith("0 of 14 epochs below").all()
+    # ... while the other three checks pass: only sparsity_bites sees it
+    assert _withheld_by(checks, "sparsity_bites") == {"sparsity_bites"}
+
+
+def test_a_controller_whose_floor_is_above_the_natural_density_is_withheld():
+    # r_min 0.6 > the density 0.55: S1 and S2 compress to the floor and reset there
+    checks = mechanism(adaptive, 3, natural=0.55)
+    assert checks["passed"].all()  # the same controllers with the default floor bite
+    s1 = _run(LossGuardedController(r_min=0.6), adaptive)
+    s2 = _run(AccuracyTargetedController(r_min=0.6), adaptive)
+    checks = _scripted(s1, s2, natural=0.55, r_min=0.6)
+    assert not checks[checks["check"] == "sparsity_bites"]["passed"].any()
+    assert "sparsity_bites" in _withheld_by(checks, "sparsity_bites")
+
+
+def test_identical_s1_and_s2_trajectories_are_withheld():
+    # S2 runs S1's (adaptive, guard-reset, biting) trajectory: only trajectories_differ fails
+    s1 = _run(LossGuardedController(), adaptive)
+    checks = _scripted(s1, s1)
+    assert _withheld_by(checks, "trajectories_differ") == {"trajectories_differ"}
+
+
+def test_resets_only_at_the_floor_are_withheld():
+    # S2's accuracy guard holds once, recovers, then compresses to the floor and resets there:
+    # its trajectory differs from S1's and from the open-loop schedule, but no guard reset
+    def dip(r):  # one violation at r = 0.41 that the next epoch's probe no longer shows
+        return Probe(1.0, 0.95, 1.0, 0.95 - (0.05 if abs(r - 0.4096) < 1e-3 and dip.n < 1 else 0))
+    dip.n = 0
+
+    c = AccuracyTargetedController()
+    ratios, causes = [], []
+    for _ in range(20):
+        ratios.append(c.r)
+        c.step(dip(c.r))
+        if c.action == "hold":
+            dip.n += 1
+        causes.append(c.reset_cause)
+    assert dip.n == 1 and "guard" not in causes and "floor" in causes
+    assert ratios != open_loop_ratios(0.05, 0.8, 20)  # the hold made it differ
+    s1 = _run(LossGuardedController(), adaptive, 20)
+    checks = _scripted(s1, (ratios, causes))
+    g = checks[(checks["check"] == "guard_reset") & (checks["method"] == "topk_s2")]
+    assert not g["passed"].any() and g["value"].str.endswith("floor resets").all()
+    failed = _withheld_by(checks, "guard_reset", ("topk_s2_val_acc", "topk_s2_beats_dense"))
+    assert failed == {"guard_reset"}, failed
+    rows = verdicts(_gain(), checks)
+    assert rows["topk_s1_beats_dense"]["verdict"] == "reproduced"  # S1's guard did reset
+
+
+def test_a_trajectory_equal_to_the_sawtooth_is_withheld():
+    saw = _run(SawtoothController(), adaptive, 14)
+    s2 = _run(AccuracyTargetedController(), adaptive)
+    checks = _scripted(saw, s2, saw=saw)
+    nd = checks[(checks["check"] == "not_degenerate") & (checks["method"] == "topk_s1")]
+    assert not nd["passed"].any()
+    assert nd["value"].str.contains("equals topk_sawtooth's trajectory").all()
+    rows = verdicts(_gain(), checks)
+    for cid in ("topk_s1_val_acc", "topk_s1_beats_dense"):
+        assert "not_degenerate (topk_s1" in rows[cid]["verdict"], rows[cid]["verdict"]
