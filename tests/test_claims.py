@@ -588,20 +588,9 @@ def test_a_negative_superiority_margin_is_non_inferiority():
 # ------------------------------------------------------------------ issue 23: verdict rules
 
 
-def _holm_columns(p):
-    """Holm-adjusted p of each column of p (k, R), vectorised (statsmodels' step-down)."""
-    k = p.shape[0]
-    order = np.argsort(p, axis=0)
-    ps = np.take_along_axis(p, order, axis=0) * (k - np.arange(k))[:, None]
-    ps = np.minimum(np.maximum.accumulate(ps, axis=0), 1.0)
-    out = np.empty_like(ps)
-    np.put_along_axis(out, order, ps, axis=0)
-    return out
-
-
 def test_holm_columns_is_statsmodels_holm():
     p = np.random.default_rng(0).uniform(size=(4, 50))
-    ours = _holm_columns(p)
+    ours = cl.holm_columns(p)
     for j in range(50):
         assert ours[:, j] == pytest.approx(stats.holm(p[:, j]))
 
@@ -616,7 +605,7 @@ def test_family_wise_false_contradicted_rate_with_holm():
     p = np.stack([cl.decide_greater(x[i], 0.0).p_contra for i in range(k)])
     codes = np.stack([cl.decide_greater(x[i], 0.0).code for i in range(k)])
     unadjusted = float(np.mean((codes == 1).any(axis=0)))
-    holm = _holm_columns(p)
+    holm = cl.holm_columns(p)
     adjusted = np.stack([cl.decide_greater(x[i], 0.0, p_contra_decide=holm[i]).code
                          for i in range(k)])
     fwer = float(np.mean((adjusted == 1).any(axis=0)))
@@ -738,3 +727,25 @@ def test_non_finite_numbers_are_refused(bad):
         c.pop("value")
     with pytest.raises(ConfigError, match="finite number|must be a number|expected a number"):
         cl.validate_claims({"claims": [c]})
+
+
+def test_rules_table_in_docs_is_this_simulation():
+    """docs/statistics.md's second table (python -m bench.claims): each replaced rule against
+    its replacement, as the simulation gives it; and what the rules promise."""
+    rows = cl.calibrate_rules(reps=REPS)
+    text = (ROOT / "docs" / "statistics.md").read_text()
+    documented = {}
+    for line in text.splitlines():
+        m = re.match(r"^\| (\w+): .+ \| (\d+) \| ([\d.]+)% \| ([\d.]+)% \|$", line)
+        if m and m.group(1) in cl.RULE_CASES:
+            documented[(m.group(1), int(m.group(2)))] = (float(m.group(3)) / 100,
+                                                         float(m.group(4)) / 100)
+    assert len(documented) == len(rows), "regenerate: python -m bench.claims"
+    for r in rows:
+        assert (r["rule"], r["before"]) == pytest.approx(documented[(r["case"], r["n"])],
+                                                         abs=0.006), r
+        assert r["rule"] <= (0.025 if r["case"] != "range_edge" else 0.05) + MC, r
+    by = {(r["case"], r["n"]): r for r in rows}
+    assert by[("family", 3)]["before"] > 0.08  # the unadjusted family: ~9.5%
+    assert by[("whole_images", 3)]["before"] > 0.25  # exact decisions on whole images: ~32%
+    assert by[("range_edge", 3)]["before"] > 0.45  # range_rule overlap: ~50%
