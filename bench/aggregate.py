@@ -407,8 +407,8 @@ def paired_tests_table(
     groups where both methods have cells (either side may fall back to budget ``none``).
     ``endpoint`` is ``primary`` when the metric is in ``primary`` (default: every metric), else
     ``secondary``. Holm's correction runs over the tested primary rows of each study, each
-    comparison once (:func:`bench.claims.holm_family`); secondary rows keep ``p_holm`` empty. Missing cells on either side of a pair raise
-    :class:`bench.stats.SeedMismatchError`.
+    comparison once (:func:`bench.claims.holm_family`); secondary rows keep ``p_holm`` empty.
+    Missing cells on either side of a pair raise :class:`bench.stats.SeedMismatchError`.
     """
     metrics = list(dict.fromkeys(metrics))
     groups = _groups(cells)

@@ -838,7 +838,8 @@ def _device_refusal(c: Mapping, devices: Sequence[Any]) -> str | None:
         return None
     seen = ", ".join(sorted({str(d) for d in devices if device_class(d) is not None})) \
         or "a device the results do not record"
-    return f"needs {'an accelerator' if need == 'accelerator' else 'a CPU'}; these cells ran on {seen}"
+    what = "an accelerator" if need == "accelerator" else "a CPU"
+    return f"needs {what}; these cells ran on {seen}"
 
 
 def _dropped_note(cells: Any, side: str, idx: np.ndarray, x_map: Mapping[int, float],
