@@ -358,6 +358,16 @@ class MlflowLinks:
             return ""
         return f"{self.runs}/{str(run_id).strip()}"
 
+    def method_runs(self, method: Any) -> str:
+        """The runs table filtered to one method's runs (MLflow's `searchFilter` URL
+        parameter: the filter `params.method = '<method>'` typed in its search box)."""
+        if not self.runs or _is_missing(method) or "'" in str(method):
+            return self.runs
+        import urllib.parse
+
+        flt = urllib.parse.quote(f"params.method = '{method}'", safe="'")
+        return f"{self.runs}?searchFilter={flt}"
+
 
 def mlflow_links(study: str, tracking_uri: str, ui: str | None = None) -> MlflowLinks:
     """The MLflow UI links of a study's experiment. A `sqlite:///` store is read directly (no
@@ -1459,7 +1469,7 @@ def paper_table(t: StudyTables) -> Table | None:
             mg = g[g["method"] == method]
             if mg.empty:
                 continue
-            row = [Cell(method, href=t.links.runs), Cell(mg["seed"].nunique()
+            row = [Cell(method, href=t.links.method_runs(method)), Cell(mg["seed"].nunique()
                                                         if "seed" in mg else len(mg), "int")]
             for m in metrics:
                 u = metric_unit(m)
@@ -2267,7 +2277,7 @@ def _scorecard_row(r: pd.Series, with_group: bool, *, untestable: bool = False,
         Cell(paper_text(r), title=format_value(_get(r, "margin_origin"))),
     ]
     if not untestable:
-        cells.append(Cell(ours_text(r), href=runs_url))
+        cells.append(Cell(ours_text(r), href=runs_url))  # the runs of the claim's method
     cells.append(Cell(claim_reason(r), css="reason"))
     if not untestable:
         cells.append(Cell(_get(r, "n"), "int"))
@@ -2309,7 +2319,8 @@ def scorecard_table(t: StudyTables) -> Table | None:
             continue
         cells, methods = [], []
         for r in rows:
-            row, ms = _scorecard_row(r, with_group=False, runs_url=t.links.runs)
+            row, ms = _scorecard_row(r, with_group=False,
+                                     runs_url=t.links.method_runs(_get(r, "method")))
             cells.append(row)
             methods.extend(m for m in ms if m not in methods)
         footer = _check_summaries(t.mechanism_checks, key, methods) if has_checks else []
@@ -2622,7 +2633,9 @@ def findings_rows(t: StudyTables) -> list[list[Cell]]:
     check, withheld), in scorecard order, as verdict, claim, paper, ours, why."""
     rows = [r for key, rs in scorecard_order(t.claims) if key is not None for r in rs]
     several = len({claim_group(r) for r in rows}) > 1
-    return [_scorecard_row(r, with_group=several, runs_url=t.links.runs)[0][:-1] for r in rows]
+    return [_scorecard_row(r, with_group=several,
+                           runs_url=t.links.method_runs(_get(r, "method")))[0][:-1]
+            for r in rows]
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:

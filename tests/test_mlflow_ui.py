@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.config import cell_dir, plan, resolve_cell
 from bench.faults import tiny_config
 from bench.tracking import (
@@ -163,3 +165,90 @@ def test_cells_starting_together_all_name_their_shared_dataset(tmp_path):
     for run_id in runs:
         (given,) = trackers[0].client.get_run(run_id).inputs.dataset_inputs
         assert (given.dataset.name, given.dataset.digest) == ("tiny", data_digest(splits))
+
+
+# --------------------------------------------------------------------------------------------
+# The README's steps in a real browser: `mlflow ui`, then the runs table the report links to
+# --------------------------------------------------------------------------------------------
+
+
+def _readme_mlflow_section() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = text.index("### Browsing the runs in MLflow")
+    return text[start:text.index("\n## ", start)]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # a cell, `mlflow ui` and five page loads: about a minute on 2 cores
+def test_readme_mlflow_steps_land_on_the_runs_table_in_a_browser(tmp_path):
+    """`mlflow ui` on a store with a logged cell, then the address the README gives (the one
+    the report links to) in headless Chromium: MLflow 3's runs table with the cell's run, not
+    the GenAI overview of a bare experiment address; the report's per-method link filters it."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from mlflow.tracking import MlflowClient
+
+    from bench import report
+    from tests.test_report_browser import _run_chromium, chromium
+
+    chromium()  # skips without a browser (fails under CI=true)
+    section = _readme_mlflow_section()
+    step = "http://127.0.0.1:5000/#/experiments/<N>/runs"
+    assert "mlflow ui --backend-store-uri sqlite:///results/mlflow.db" in section
+    assert step in section
+    for column in ("val_acc", "val_loss", "**Columns**"):  # which metric columns to add
+        assert column in section
+
+    _, cell, _, result, uri = _logged_cell(tmp_path)
+    port = _free_port()
+    log = (tmp_path / "mlflow-ui.log").open("w")
+    server = subprocess.Popen(
+        ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(base, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "mlflow-ui.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow ui did not answer in 120 s"
+            time.sleep(1)
+        exp_id = MlflowClient(uri).get_experiment_by_name(cell.study).experiment_id
+        links = report.mlflow_links(cell.study, uri, ui=base)
+        # the report's link is the README's address, on this port
+        assert links.runs == step.replace("http://127.0.0.1:5000", base).replace(
+            "<N>", exp_id)
+        run_name = MlflowClient(uri).get_run(result["mlflow"]["run_id"]).info.run_name
+
+        def page(url: str) -> str:
+            """The page's text as Chromium lays it out (tags dropped)."""
+            return " ".join(re.sub(r"<[^>]+>", " ", _run_chromium("--dump-dom", url)).split())
+
+        runs = page(links.runs)
+        assert run_name in runs, "the runs table does not list the cell's run"
+        assert re.search(r"\b1 matching run\b", runs) and "Training runs" in runs
+        bare = page(f"{base}/#/experiments/{exp_id}")  # why the README insists on /runs
+        assert run_name not in bare
+        assert run_name in page(links.method_runs("sgd"))
+        assert re.search(r"\b0 matching runs\b", page(links.method_runs("no_such_method")))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
