@@ -108,3 +108,22 @@ def test_tables_accuracy_at_r_and_controllers_without_gain_prose(tables):
     for t in tabs.values():  # the verdicts state the gains; no prose here may contradict them
         text = t.caption + " ".join(str(c.value) for g in t.groups for row in g.rows for c in row)
         assert "spread" not in text and "gain" not in text
+
+
+def test_memory_figure_says_why_topk_uses_more_than_dense(tables, tmp_path):
+    """The modelled peak of the top-k methods is above dense's: the generic memory figure of
+    this study says why (dense activations kept for backward, plus a bool mask)."""
+    import bench.report as report
+
+    h = tables.history.copy()
+    h["modelled_peak_mib"] = h["method"].map(lambda m: 20.0 if m == "dense" else 23.0)
+    tables.history = h
+    memory = report.figure_memory(tables)
+    assert memory.fig is not None
+    assert memory.caption.endswith(sreport.TOPK_MEMORY_NOTE)
+    assert "bool mask" in memory.caption and "dense output for backward" in memory.caption
+    # only this study's figures carry it
+    other = report.StudyTables(**{**tables.__dict__, "study": StudyInput("other", "", "dense",
+                                                                         ["val_acc"],
+                                                                         tables.study.tables_dir)})
+    assert sreport.TOPK_MEMORY_NOTE not in report.figure_memory(other).caption
