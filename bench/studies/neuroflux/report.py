@@ -20,12 +20,17 @@ from bench.report import (
     StudyTables,
     Table,
     group_label,
+    metric_unit,
     register_study_figures,
     register_study_tables,
 )
 
 STUDY = "neuroflux"
 GROUP = ["model", "dataset", "budget"]
+# the report's units (bench.report.metric_unit): accuracies in %, speed-ups and reductions as
+# ratios, as in the scorecard, the forest plot and the claims' statements ('2.3x-6.1x')
+PERCENT = metric_unit("exit_val_acc")
+RATIO = metric_unit("speedup_vs_reference")
 
 
 def _num(g: pd.DataFrame, col: str) -> float | None:
@@ -68,11 +73,11 @@ def blocks_and_gains(t: StudyTables) -> list[Table]:
             Cell((units or "").replace(",", " | ") + vary),
             Cell((batches or "").replace(",", " | ")), Cell(_num(nf, "first_block_bstar"), "int"),
             Cell(_num(bp, "batch_size"), "int"), Cell(_num(nf, "exit_unit"), "num"),
-            Cell(_num(nf, "exit_val_acc"), "num"), Cell(_num(bp, "val_acc"), "num"),
-            Cell(speed["mean"] if speed else None, "num"),
-            Cell((speed["ci_low"], speed["ci_high"]) if speed else (None, None), "ci"),
-            Cell(_num(nf, "param_reduction"), "num"),
-            Cell(_num(nf, "inference_throughput_gain"), "num"),
+            Cell(PERCENT(_num(nf, "exit_val_acc"))), Cell(PERCENT(_num(bp, "val_acc"))),
+            Cell(RATIO(speed["mean"]) if speed else None),
+            Cell(RATIO.interval(speed["ci_low"], speed["ci_high"]) if speed else None),
+            Cell(RATIO(_num(nf, "param_reduction"))),
+            Cell(RATIO(_num(nf, "inference_throughput_gain"))),
         ])
     if not rows:
         return []
@@ -88,7 +93,10 @@ def blocks_and_gains(t: StudyTables) -> list[Table]:
                  "(backprop wall time / NeuroFlux wall time, profiling and cache I/O included, "
                  "paired by seed) with its 95% t-interval over seeds; the parameter reduction "
                  "and the inference throughput gain of the exit model. The claimed ranges are in "
-                 "the claims table; the mechanism checks in the mechanism-checks table."),
+                 "the claims table; the mechanism checks in the mechanism-checks table. "
+                 "Accuracies in %, speed-up, reduction and gain as ratios (×). The exit "
+                 "accuracy is the final model's (the study's val_acc); the accuracy-vs-epoch "
+                 "figure's curve is each block's own head while it trains."),
         columns=[Column("group"), Column("blocks", "r"), Column("units per block"),
                  Column("batch per block"), Column("b* unit 1", "r"),
                  Column("backprop batch", "r"), Column("exit unit", "r"),
