@@ -460,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slots-per-gpu", type=int, default=None,
                    help="with --estimate: cells sharing a GPU (default $MEMREPRO_SLOTS_PER_GPU "
                         "or 1)")
-    s.add_argument("--steps", type=int, default=10,
-                   help="with --estimate: timed training steps per profile run (default 10)")
+    s.add_argument("--steps", type=int, default=3,
+                   help="with --estimate: training steps per epoch of each profile run (2 "
+                        "epochs; default 3: the first of each epoch runs under the activation "
+                        "hooks, the rest are timed)")
     s.add_argument("--json", default=None, help="with --estimate: also write it as JSON here")
     s.set_defaults(func=cmd_plan)
 

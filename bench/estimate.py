@@ -6,15 +6,18 @@
    input shape, number of classes, batch sizes and the method's *family*, the class attributes
    that change how it trains (`owns_loop`, `needs_ranking`, `needs_grad_norms`,
    `sizes_to_budget`, and per-step gradient-norm tracking); names are never looked at. For
-   each group the first cell is run for real on the current device (`bench.train.run_cell`,
-   tracking off) on synthetic data of the same shape, truncated to `steps` batches and a
-   validation split of two evaluation batches: once for one epoch and once for two. The
-   difference is the marginal epoch (training per image, evaluation per image); the rest of
-   the one-epoch run is the cell's fixed cost (model build, FLOP count, a method's own
-   profiling, checkpoints). Adversarial evaluation (fgsm/pgd) is timed apart on the same
-   shapes. Upstream stages (the pretrain rule's cells, registered upstream stages such as a
-   layer ranking) are profiled the same way, and every job pays a measured process start-up
-   (Python, torch and, with tracking on, MLflow).
+   each group the first cell is run for real, once, on the current device
+   (`bench.train.run_cell`, tracking off) on synthetic data of the same shape, truncated to
+   `steps` batches an epoch and one evaluation batch, for two epochs; its clocks give the
+   training and evaluation time per image, the per-epoch time outside them (a method's own
+   passes, the checkpoint) and the fixed rest (model build, FLOP count, a method's own
+   profiling). On a CPU the run's batches are capped and a large model is profiled at a
+   reduced width, its times scaled by the FLOP ratio (CPU_MAX_FORWARD_FLOPS): each distinct
+   shape costs seconds, so the paper config's estimate takes about two minutes on 2 cores.
+   Adversarial evaluation (fgsm/pgd) is timed apart on the same shapes. Upstream stages (the
+   pretrain rule's cells, registered upstream stages such as a layer ranking) are profiled
+   the same way, and every job pays a measured process start-up (Python, torch and, with
+   tracking on, MLflow), measured beside the profiling.
 2. Project. Per cell: start-up + fixed + epochs x (n_train x train/img + n_val x eval/img)
    + adversarial passes; per study and in total as the sum of its jobs (device-hours).
 3. Schedule. The jobs (data checks, upstream stages, cells, aggregations, report) are
@@ -46,6 +49,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,37 +199,75 @@ class _Clock:
         self.cpu = time.process_time() - self.c0
 
 
+def _run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(CPU s, wall s) of one child process, from its own rusage (`os.wait4`): exact even
+    while other children or this process's profiling run beside it."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
+    if proc.stderr:
+        proc.stderr.close()
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stderr=err)
+    return usage.ru_utime + usage.ru_stime, wall
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                         os.environ.get("PYTHONPATH", "")])}
+
+
 def startup_s(tracking: bool) -> tuple[float, float]:
     """(CPU s, wall s) of starting a cell's processes: `python -m bench.slots` (execs) and a
     Python that imports what `python -m bench train` imports (and MLflow with tracking on)."""
-    import resource
-
     modules = "import bench.cli, bench.train" + (", bench.tracking, mlflow" if tracking else "")
     cmds = [[sys.executable, "-m", "bench.slots", "--need", "0", "--", sys.executable, "-c",
              "pass"], [sys.executable, "-c", modules]]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
+    cpu = wall = 0.0
     for cmd in cmds:
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        c, w = _run_measured(cmd, _env())
+        cpu, wall = cpu + c, wall + w
     return cpu, wall
 
 
 def import_s(module: str) -> tuple[float, float]:
     """(CPU s, wall s) of a Python that imports `module` (an aggregate or report job's start)."""
-    import resource
+    return _run_measured([sys.executable, "-c", f"import {module}"], _env())
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"import {module}"], check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
+
+class _Background:
+    """The start-up measurements (a few Python processes, ~3 s of CPU each), run in a thread
+    while the profiles run: they need no result of the profiling, and on 2 cores the estimate
+    would otherwise spend ~15 s waiting for them first."""
+
+    def __init__(self, tracking: bool) -> None:
+        import threading
+
+        self.out: dict[str, tuple[float, float]] = {}
+        self.error: BaseException | None = None
+        self.tasks = [("startup", lambda: startup_s(tracking)),
+                      ("aggregate", lambda: import_s("bench.aggregate")),
+                      ("report", lambda: import_s("bench.report"))]
+        if tracking:
+            self.tasks.append(("tracking", lambda: import_s("bench.tracking, mlflow")))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for name, task in self.tasks:
+                self.out[name] = task()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            self.error = e
+
+    def result(self) -> dict[str, tuple[float, float]]:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.out
 
 
 def _synthetic(cfg_data: dict[str, Any], shape: DataShape, n_train: int, n_val: int
@@ -252,72 +294,182 @@ def _busy(clock: _Clock, threads: int, gpu: bool) -> float:
     return clock.wall if gpu else clock.cpu / max(1, threads)
 
 
+# On a CPU, what a profile run may cost: every job group's run is capped to batches of
+# CPU_MAX_BATCH training and CPU_MAX_EVAL validation images, and a model whose forward pass
+# costs more than CPU_MAX_FORWARD_FLOPS per image is profiled at the width that brings it to
+# CPU_PROBE_FORWARD_FLOPS, its times scaled up by the FLOP ratio (FLOPs grow as width
+# squared). The default config's groups stay whole (batches <= 64, forward passes <= 40
+# MFLOP per image); the paper config's full-width VGG, CIFAR ResNet-18 and WRN-28-4 are
+# profiled at 1/5 to 1/8 width, so that its 15 groups profile in about a minute on 2 cores,
+# where at full size the estimate gave nothing within 15 minutes.
+# CPU time per FLOP is higher at a narrow width, so a scaled projection leans high; its peak
+# memory is not projected (printed as -). On a GPU the runs keep the cell's batches and width.
+CPU_MAX_BATCH = 64
+CPU_MAX_EVAL = 64
+CPU_MAX_FORWARD_FLOPS = 50e6
+CPU_PROBE_FORWARD_FLOPS = 25e6
+
+
+_FLOPS: dict[str, float | None] = {}
+
+
+def forward_flops(model: str, options: dict[str, Any], channels: int, size: int,
+                  classes: int) -> float | None:
+    """FLOPs of one image's forward pass, counted on the meta device (no memory, no compute);
+    None when the model cannot run there."""
+    key = canonical_json([model, options, channels, size, classes])
+    if key not in _FLOPS:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from bench.models import build_model
+
+        try:
+            with torch.device("meta"), torch.random.fork_rng(devices=[]):
+                net = build_model(model, classes, channels, options).eval()
+                with FlopCounterMode(display=False) as counter, torch.no_grad():
+                    net(torch.empty(1, channels, size, size))  # (B, C, H, W)
+            _FLOPS[key] = float(counter.get_total_flops()) or None
+        except Exception:  # noqa: BLE001 - a model the meta device cannot run: no scaling
+            _FLOPS[key] = None
+    return _FLOPS[key]
+
+
+def probe_options(model: str, options: dict[str, Any], shape: DataShape, gpu: bool
+                  ) -> tuple[dict[str, Any], float]:
+    """(model options to profile with, factor to scale the measured times by): the cell's own
+    and 1.0, or on a CPU, for a model above CPU_MAX_FORWARD_FLOPS, a narrower width and the
+    FLOP ratio (see CPU_MAX_FORWARD_FLOPS)."""
+    if gpu:
+        return options, 1.0
+    full = forward_flops(model, options, shape.channels, shape.size, shape.num_classes)
+    if full is None or full <= CPU_MAX_FORWARD_FLOPS:
+        return options, 1.0
+    width = float(options.get("width", 1.0))
+    probe = {**options, "width": width * math.sqrt(CPU_PROBE_FORWARD_FLOPS / full)}
+    small = forward_flops(model, probe, shape.channels, shape.size, shape.num_classes)
+    if not small:
+        return options, 1.0
+    return probe, full / small
+
+
+def _capped(train: dict[str, Any], gpu: bool) -> dict[str, Any]:
+    if gpu:
+        return dict(train)
+    return {**train, "batch_size": min(int(train["batch_size"]), CPU_MAX_BATCH),
+            "eval_batch_size": min(int(train["eval_batch_size"]), CPU_MAX_EVAL)}
+
+
 def _truncated_cell(cfg: dict[str, Any], shape: DataShape, steps: int, epochs: int,
-                    ranking: str | None) -> dict[str, Any]:
+                    ranking: str | None, gpu: bool = False,
+                    model_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cell on synthetic data of its shape: `steps` batches an epoch and one evaluation
+    batch (two on a GPU), batches and width capped on a CPU (CPU_MAX_*)."""
     cfg = copy.deepcopy(cfg)
+    cfg["train"] = {**_capped(cfg["train"], gpu), "warmup_steps": 0}
     batch = int(cfg["train"]["batch_size"])
-    n_val = max(1, min(shape.n_val, 2 * int(cfg["train"]["eval_batch_size"])))
+    n_val = max(1, min(shape.n_val, (2 if gpu else 1) * int(cfg["train"]["eval_batch_size"])))
     cfg["dataset"] = "synthetic"
     cfg["data"] = _synthetic(cfg["data"], shape, max(1, min(shape.n_train, steps * batch)), n_val)
     cfg["epochs"] = epochs
     cfg["inputs"] = {"ranking": ranking} if ranking else {}
+    if model_options is not None:
+        cfg["model_options"] = model_options
     ev = cfg["evaluation"]
     cfg["evaluation"] = {**ev, "metrics": [m for m in ev["metrics"] if m not in ADVERSARIAL]}
-    cfg["train"] = {**cfg["train"], "warmup_steps": 0}
     return cfg
+
+
+class _CheckpointClock:
+    """Time spent saving checkpoints (`bench.train.Checkpoint.save`) while it is entered: a
+    per-epoch cost of every job that the epochs' own clocks do not hold."""
+
+    def __enter__(self) -> _CheckpointClock:  # noqa: PYI034
+        from bench import train
+
+        self.s = 0.0
+        self._cls, self._save = train.Checkpoint, train.Checkpoint.save
+        clock = self
+
+        def save(ckpt: Any, *args: Any, **kw: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                clock._save(ckpt, *args, **kw)
+            finally:
+                clock.s += time.perf_counter() - t0
+
+        self._cls.save = save  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cls.save = self._save  # type: ignore[method-assign]
+
+
+PROFILE_EPOCHS = 2
 
 
 def profile_cell(cfg: dict[str, Any], shape: DataShape, steps: int, device: Any,
                  work: Path, key: str, family: str, kind: str = "cell",
                  ranking: str | None = None) -> Profile:
-    """Run the cell truncated for 1 and 2 epochs; the difference is one epoch's cost."""
+    """Run the cell truncated (`_truncated_cell`) for two epochs, once, and read its clocks:
+    training per image (the steps after each epoch's first, which runs under the
+    saved-tensor hooks; a method that owns its loop: all of its training time), evaluation
+    per image, per epoch what lies outside both (a method's own per-epoch passes, the
+    checkpoint), and the rest of the run as the job's fixed part (model build, FLOP count, a
+    method's own profiling)."""
     from bench.train import run_cell
 
     threads = int(cfg.get("threads", 1))
     gpu = device.type == "cuda"
-    runs = []
+    options, scale = probe_options(cfg["model"], cfg["model_options"], shape, gpu)
     t0 = time.perf_counter()
-    for epochs in (1, 2):
-        small = _truncated_cell(cfg, shape, steps, epochs, ranking)
-        out = work / _slug(key) / f"e{epochs}" / "result.json"
-        shutil.rmtree(out.parent, ignore_errors=True)
-        with _Clock() as clock:
-            result = run_cell(small, out, tracker=None, threads=threads)
-        if result["status"] != "ok":
-            raise ConfigError(f"cannot estimate {cfg['study']}/{cfg['method']}: its profile "
-                              f"run ended {result['status']} ({result['reason']})")
-        runs.append((clock, result, small))
-    (c1, r1, s1), (c2, r2, _) = runs
-    n, v = s1["data"]["n_train"], s1["data"]["n_val"]
+    small = _truncated_cell(cfg, shape, steps, PROFILE_EPOCHS, ranking, gpu, options)
+    out = work / _slug(key) / "result.json"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    with _Clock() as clock, _CheckpointClock() as saves:
+        result = run_cell(small, out, tracker=None, threads=threads)
+    if result["status"] != "ok":
+        raise ConfigError(f"cannot estimate {cfg['study']}/{cfg['method']}: its profile "
+                          f"run ended {result['status']} ({result['reason']})")
+    n, v = small["data"]["n_train"], small["data"]["n_val"]
+    timing = result["timing"]
+    epochs = PROFILE_EPOCHS
+    in_epochs = sum(h.get("epoch_s") or 0.0 for h in result["history"])
+    steady = timing.get("train_images_per_s")
+    if "owns_loop" not in family and steady:
+        train_w = 1.0 / steady
+    else:
+        train_w = timing["train_s"] / (epochs * n)
+    eval_rate = timing.get("eval_images_per_s")
+    eval_w = 1.0 / eval_rate if eval_rate else timing["eval_s"] / (epochs * v)
+    epoch_w = (max(0.0, in_epochs - timing["train_s"] - timing["eval_s"]) + saves.s) / epochs
+    fixed_w = max(0.0, clock.wall - in_epochs - saves.s)
     # the share of the busy time in the wall time (CPU: CPU time / threads; GPU: 1)
-    ratio = (_busy(c1, threads, gpu) / c1.wall + _busy(c2, threads, gpu) / c2.wall) / 2
-    t1, t2 = r1["timing"], r2["timing"]
-    train_w = _marginal(t1["train_s"], t2["train_s"])
-    eval_w = _marginal(t1["eval_s"], t2["eval_s"])
-    outside1 = max(0.0, c1.wall - t1["train_s"] - t1["eval_s"])  # build, FLOPs, checkpoints
-    outside2 = max(0.0, c2.wall - t2["train_s"] - t2["eval_s"])
-    # per-epoch work outside both clocks (the checkpoint); at most the fixed part, since a
-    # difference of two run totals on a busy machine is mostly noise
-    epoch_w = min(max(0.0, outside2 - outside1), outside1)
-    fixed_w = outside1
-    mem = r2.get("memory") or {}
+    ratio = _busy(clock, threads, gpu) / clock.wall
+    mem = result.get("memory") or {}
     alloc = mem.get("peak_alloc_mib")
     if alloc is not None:
         alloc -= (n + v) * shape.channels * shape.size * shape.size / MIB
+    whole = scale == 1.0 and small["train"]["batch_size"] == cfg["train"]["batch_size"]
+    note = "" if scale == 1.0 else (f"profiled at width {options['width']:.3g}, "
+                                    f"times x{scale:.1f} (FLOP ratio)")
     return Profile(
         key=key, model=cfg["model"], shape=[shape.channels, shape.size, shape.size],
         num_classes=shape.num_classes, batch=int(cfg["train"]["batch_size"]), family=family,
         kind=kind, steps=steps,
-        fixed_s=fixed_w * ratio, epoch_s=epoch_w * ratio, train_s_per_image=train_w * ratio / n,
-        eval_s_per_image=eval_w * ratio / v, wall_fixed_s=fixed_w, wall_epoch_s=epoch_w,
-        wall_train_s_per_image=train_w / n, wall_eval_s_per_image=eval_w / v,
-        modelled_peak_mib=mem.get("modelled_peak_mib"), peak_alloc_mib=alloc,
-        profile_s=time.perf_counter() - t0)
+        fixed_s=fixed_w * ratio * scale, epoch_s=epoch_w * ratio * scale,
+        train_s_per_image=train_w * ratio * scale, eval_s_per_image=eval_w * ratio * scale,
+        wall_fixed_s=fixed_w * scale, wall_epoch_s=epoch_w * scale,
+        wall_train_s_per_image=train_w * scale, wall_eval_s_per_image=eval_w * scale,
+        modelled_peak_mib=mem.get("modelled_peak_mib") if whole else None,
+        peak_alloc_mib=alloc if whole else None,
+        profile_s=time.perf_counter() - t0, note=note)
 
 
 def profile_adversarial(cfg: dict[str, Any], shape: DataShape, device: Any,
                         names: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """(busy, wall) seconds per validation image of each adversarial metric of the cell."""
+    """(busy, wall) seconds per validation image of each adversarial metric of the cell (on a
+    CPU on at most 16 images and the probe width, scaled: see CPU_MAX_FORWARD_FLOPS)."""
     import torch
 
     from bench import metrics
@@ -326,11 +478,13 @@ def profile_adversarial(cfg: dict[str, Any], shape: DataShape, device: Any,
 
     threads = int(cfg.get("threads", 1))
     torch.set_num_threads(threads)
+    gpu = device.type == "cuda"
+    options, scale = probe_options(cfg["model"], cfg["model_options"], shape, gpu)
     batch = int(cfg["train"]["eval_batch_size"])
-    v = max(1, min(shape.n_val, batch))
+    v = max(1, min(shape.n_val, batch if gpu else 16))
     data = load_dataset("synthetic", _synthetic(cfg["data"], shape, 8, v)).to(device)
     model = build_model(cfg["model"], data.num_classes, data.in_channels,
-                        cfg["model_options"]).to(device).eval()
+                        options).to(device).eval()
     opts = {k: val for k, val in cfg["evaluation"].items() if k not in ("metrics", "adv_every")}
     opts["adv_max_images"] = None
     out = {}
@@ -340,29 +494,32 @@ def profile_adversarial(cfg: dict[str, Any], shape: DataShape, device: Any,
             metrics.compute_eval_metrics([name], model, data, batch, opts)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-        out[name] = (_busy(clock, threads, device.type == "cuda") / v, clock.wall / v)
+        out[name] = (_busy(clock, threads, gpu) / v * scale, clock.wall / v * scale)
     return out
 
 
 def profile_stage(stage: str, spec: dict[str, Any], shape: DataShape, steps: int,
                   device: Any, work: Path, key: str) -> tuple[Profile, str]:
     """Run a registered upstream stage (e.g. a layer ranking) on truncated synthetic data for
-    1 and 2 epochs; returns its profile and the file it wrote (a cell of a method that reads it
-    can then be profiled)."""
+    1 and 2 epochs (on a CPU capped as the cells: CPU_MAX_*); returns its profile and the file
+    it wrote (a cell of a method that reads it can then be profiled)."""
     import bench.studies  # noqa: F401  (studies register their upstream stages)
     from bench.pretrain import UPSTREAM_STAGES
 
     run = UPSTREAM_STAGES.get(stage)
     threads = int(spec.get("threads", 1) or 1)
     gpu = device.type == "cuda"
-    batch = int(spec["train"]["batch_size"])
+    options, scale = probe_options(spec["model"], spec["model_options"], shape, gpu)
+    train = _capped(spec["train"], gpu)
+    batch = int(train["batch_size"])
     n = max(1, min(shape.n_train, steps * batch))
     clocks = []
     out = work / _slug(key) / f"{stage}.json"
     t0 = time.perf_counter()
     for epochs in (1, 2):
         small = {**copy.deepcopy(spec), "dataset": "synthetic", "init_checkpoint": None,
-                 "data": _synthetic(spec["data"], shape, n, 8), "data_root": str(work)}
+                 "data": _synthetic(spec["data"], shape, n, 8), "data_root": str(work),
+                 "train": train, "model_options": options}
         small["ranking"] = {**small.get("ranking", {}), "epochs": epochs}
         out.parent.mkdir(parents=True, exist_ok=True)
         with _Clock() as clock:
@@ -371,12 +528,15 @@ def profile_stage(stage: str, spec: dict[str, Any], shape: DataShape, steps: int
     c1, c2 = clocks
     marginal = _marginal(c1.wall, c2.wall)
     ratio = (_busy(c1, threads, gpu) / c1.wall + _busy(c2, threads, gpu) / c2.wall) / 2
+    fixed = max(0.0, c1.wall - marginal)
     prof = Profile(key=key, model=spec["model"], shape=[shape.channels, shape.size, shape.size],
-                   num_classes=shape.num_classes, batch=batch, family=f"stage:{stage}",
-                   kind=f"stage:{stage}", steps=steps,
-                   fixed_s=max(0.0, c1.wall - marginal) * ratio,
-                   train_s_per_image=marginal * ratio / n, wall_fixed_s=max(0.0, c1.wall - marginal),
-                   wall_train_s_per_image=marginal / n, profile_s=time.perf_counter() - t0)
+                   num_classes=shape.num_classes, batch=int(spec["train"]["batch_size"]),
+                   family=f"stage:{stage}", kind=f"stage:{stage}", steps=steps,
+                   fixed_s=fixed * ratio * scale, train_s_per_image=marginal * ratio * scale / n,
+                   wall_fixed_s=fixed * scale, wall_train_s_per_image=marginal * scale / n,
+                   profile_s=time.perf_counter() - t0,
+                   note="" if scale == 1.0 else f"profiled at width {options['width']:.3g}, "
+                                                f"times x{scale:.1f} (FLOP ratio)")
     return prof, str(out)
 
 
@@ -398,6 +558,7 @@ class Estimate:
     critical_path_s: float
     profile_wall_s: float
     nominal_datasets: list[str]
+    estimate_wall_s: float = 0.0  # the whole estimate, start-ups and profiling included
 
     def per_study(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -427,14 +588,18 @@ class Estimate:
 
 
 def estimate(cfg: dict[str, Any], *, cores: int | None = None, gpus: int | None = None,
-             slots_per_gpu: int | None = None, steps: int = 10,
+             slots_per_gpu: int | None = None, steps: int = 3,
              progress: Callable[[str], None] = lambda line: None) -> Estimate:
-    """Profile, project and schedule the grid of a checked configuration (module docstring)."""
+    """Profile, project and schedule the grid of a checked configuration (module docstring).
+
+    `progress` gets a line when the profiling starts (how many job groups) and one per group
+    (`[i/n]`, what and how long it took)."""
     import torch
 
     from bench.methods import METHODS
     from bench.train import resolve_device
 
+    t_start = time.perf_counter()
     device = resolve_device(cfg["device"])
     gpu = device.type == "cuda"
     threads = int(cfg["threads"])
@@ -443,39 +608,50 @@ def estimate(cfg: dict[str, Any], *, cores: int | None = None, gpus: int | None 
         gpus = torch.cuda.device_count() if gpu else 0
     slots_per_gpu = slots_per_gpu or int(os.environ.get("MEMREPRO_SLOTS_PER_GPU") or 1)
     tracking = bool(cfg["tracking"]["enabled"])
-    start_cpu, start_wall = startup_s(tracking)
-    start = start_wall if gpu else start_cpu
-    progress(f"job start-up: {start_cpu:.1f} s CPU, {start_wall:.1f} s wall")
+    background = _Background(tracking)  # process start-ups, measured beside the profiling
     resolver = CellResolver(cfg)
     cells = plan(cfg)
     shapes: dict[tuple[str, str], DataShape] = {}  # (dataset, its options) -> shape
     profiles: dict[str, Profile] = {}
     adversarial: dict[str, dict[str, tuple[float, float]]] = {}
     stage_files: dict[str, str] = {}
-    jobs: list[Job] = []
-    t_profile = time.perf_counter()
+
+    def shape_of(dataset: str, options: dict[str, Any]) -> DataShape:
+        k = (dataset, canonical_json(options))
+        if k not in shapes:
+            shapes[k] = data_shape(dataset, options, cfg["data_root"])
+        return shapes[k]
+
+    # 1. What runs: each job with the group (profile key) its time comes from, in the order
+    # the groups must be profiled (an upstream stage before the cells that read its file).
+    # Jobs are projected once every group is profiled and the start-ups are measured.
+    @dataclass
+    class Pending:
+        job: Job
+        key: str
+        epochs: int
+        shape: DataShape
+        adv_key: str | None = None
+        adv_epochs: int = 0
+        adv_images: int = 0
+        evaluate: bool = True
+
+    # key -> (what, profiles it): profiled in insertion order
+    groups: dict[str, tuple[str, Callable[[], None]]] = {}
+    pending: list[Pending] = []
+    prepared: dict[tuple[str, str], str] = {}
+    prepare_jobs: list[tuple[Job, DataShape]] = []
+    for cell in cells:  # data checks: one job per (study, dataset), as rules/data.smk
+        k = (cell.study, cell.dataset)
+        if k not in prepared:
+            prepared[k] = f"prepare_data:{cell.study}/{cell.dataset}"
+            prepare_jobs.append((Job(prepared[k], cell.study, "prepare", 0.0, 0.0),
+                                 shape_of(cell.dataset, resolver.resolve(cell)["data"])))
+
     work = Path(tempfile.mkdtemp(prefix="memrepro-estimate-"))
     try:
-        def shape_of(dataset: str, options: dict[str, Any]) -> DataShape:
-            k = (dataset, canonical_json(options))
-            if k not in shapes:
-                shapes[k] = data_shape(dataset, options, cfg["data_root"])
-            return shapes[k]
-
-        # data checks: one job per (study, dataset), as rules/data.smk
-        prepared: dict[tuple[str, str], str] = {}
-        for cell in cells:
-            k = (cell.study, cell.dataset)
-            if k in prepared:
-                continue
-            shp = shape_of(cell.dataset, resolver.resolve(cell)["data"])
-            prepared[k] = f"prepare_data:{cell.study}/{cell.dataset}"
-            jobs.append(Job(prepared[k], cell.study, "prepare", start + shp.load_s,
-                            start_wall + shp.load_s))
-
-        # upstream stages: pretrain per (study, model), ranking per (study, model, dataset)
         upstream: dict[str, list[str]] = defaultdict(list)  # a cell's input file -> job
-        for cell in cells:
+        for cell in cells:  # upstream stages: pretrain per (study, model), ranking per dataset
             r = resolver.resolve(cell)
             ck = r["inputs"].get("init_checkpoint")
             if ck and ck not in upstream and pretrain_spec(cfg, cell.study, cell.model):
@@ -483,38 +659,37 @@ def estimate(cfg: dict[str, Any], *, cores: int | None = None, gpus: int | None 
                 shp = shape_of(spec["dataset"], spec["data"])
                 pcfg = _pretrain_cell(spec, cfg)
                 key = _key(pcfg, shp, "pretrain")
-                if key not in profiles:
-                    progress(f"profiling pretrain {cell.study}/{cell.model} ...")
-                    profiles[key] = profile_cell(pcfg, shp, steps, device, work, key,
-                                                 "backprop", kind="pretrain")
-                p = profiles[key]
-                busy, wall = _project(p, spec["epochs"], shp, start, start_wall, {}, 0, 0)
+                groups.setdefault(key, (f"pretrain {cell.study}/{cell.model}", partial(
+                    _profile_into, profiles, key,
+                    lambda pcfg=pcfg, shp=shp, key=key: profile_cell(
+                        pcfg, shp, steps, device, work, key, "backprop", kind="pretrain"))))
                 name = f"pretrain:{cell.study}/{cell.model}"
-                jobs.append(Job(name, cell.study, "pretrain", busy, wall, gpu=gpu, threads=threads, peak_mib=_peak(p, shp),
-                                modelled_peak_mib=p.modelled_peak_mib))
+                pending.append(Pending(Job(name, cell.study, "pretrain", 0.0, 0.0, gpu=gpu,
+                                           threads=threads), key, spec["epochs"], shp))
                 upstream[ck] = [name]
             rk = r["inputs"].get("ranking")
             if rk and rk not in upstream:
                 spec = ranking_spec(cfg, cell.study, cell.model, cell.dataset)
                 shp = shape_of(cell.dataset, r["data"])
                 key = _key({**r, "method": "rank_layers"}, shp, "stage:rank_layers")
-                if key not in profiles:
-                    progress(f"profiling stage rank_layers {cell.study}/{cell.model} ...")
-                    profiles[key], stage_files[key] = profile_stage(
+
+                def stage(spec: dict = spec, shp: DataShape = shp, key: str = key) -> Profile:
+                    prof, stage_files[key] = profile_stage(
                         "rank_layers", {**spec, "threads": threads}, shp, steps, device, work,
                         key)
-                p = profiles[key]
-                busy, wall = _project(p, spec["ranking"]["epochs"], shp, start, start_wall,
-                                      {}, 0, 0, evaluate=False)
+                    return prof
+
+                groups.setdefault(key, (f"stage rank_layers {cell.study}/{cell.model}",
+                                        partial(_profile_into, profiles, key, stage)))
                 name = f"rank_layers:{cell.study}/{cell.model}/{cell.dataset}"
                 deps = [prepared[(cell.study, cell.dataset)]]
                 if spec["init_checkpoint"] in upstream:
                     deps += upstream[spec["init_checkpoint"]]
-                jobs.append(Job(name, cell.study, "stage", busy, wall, deps=deps, gpu=gpu,
-                                threads=threads))
+                pending.append(Pending(Job(name, cell.study, "stage", 0.0, 0.0, deps=deps,
+                                           gpu=gpu, threads=threads), key,
+                                       spec["ranking"]["epochs"], shp, evaluate=False))
                 upstream[rk] = [name]
 
-        # cells
         for cell in cells:
             r = resolver.resolve(cell)
             cls = METHODS.get(r["method_impl"])
@@ -522,44 +697,81 @@ def estimate(cfg: dict[str, Any], *, cores: int | None = None, gpus: int | None 
             family = method_family(cls, wants)
             shp = shape_of(cell.dataset, r["data"])
             key = _key(r, shp, family)
-            if key not in profiles:
-                progress(f"profiling {family} {cell.model} {shp.channels}x{shp.size}x{shp.size} "
-                         f"batch {r['train']['batch_size']} (as {cell.cell_id}) ...")
+            if key not in groups:
                 rank_key = _key({**r, "method": "rank_layers"}, shp, "stage:rank_layers")
-                profiles[key] = profile_cell(r, shp, steps, device, work, key, family,
-                                             ranking=stage_files.get(rank_key)
-                                             if cls.needs_ranking else None)
+                groups[key] = (
+                    f"{family} {cell.model} {shp.channels}x{shp.size}x{shp.size} batch "
+                    f"{r['train']['batch_size']} (as {cell.cell_id})",
+                    partial(_profile_into, profiles, key,
+                            lambda r=r, shp=shp, key=key, family=family, rank_key=rank_key,
+                            ranked=cls.needs_ranking: profile_cell(
+                                r, shp, steps, device, work, key, family,
+                                ranking=stage_files.get(rank_key) if ranked else None)))
             adv = [m for m in r["evaluation"]["metrics"] if m in ADVERSARIAL]
-            akey = key + canonical_json(r["evaluation"])
-            if adv and akey not in adversarial:
-                adversarial[akey] = profile_adversarial(r, shp, device, adv)
-            p = profiles[key]
-            p.adv_s_per_image = {m: v[0] for m, v in adversarial.get(akey, {}).items()}
+            akey = (key + canonical_json(r["evaluation"])) if adv else None
+            if akey and akey not in groups:
+                groups[akey] = (f"adversarial {', '.join(adv)} {cell.model}",
+                                partial(_profile_into, adversarial, akey,
+                                        lambda r=r, shp=shp, adv=adv: profile_adversarial(
+                                            r, shp, device, adv)))
             ev = {**EVAL_DEFAULTS, **r["evaluation"]}
             n_adv_epochs = (r["epochs"] // ev["adv_every"]
                             + (1 if r["epochs"] % ev["adv_every"] else 0)) if adv else 0
-            adv_images = min(shp.n_val, ev["adv_max_images"] or shp.n_val)
-            busy, wall = _project(p, r["epochs"], shp, start, start_wall,
-                                  adversarial.get(akey, {}), n_adv_epochs, adv_images)
             deps = [prepared[(cell.study, cell.dataset)]]
             for path in r["inputs"].values():
                 deps += upstream.get(path, [])
             exclusive = bool(cfg["studies"][cell.study].get("device_exclusive", False))
-            jobs.append(Job(f"train:{cell.cell_id}", cell.study, "cell", busy, wall, deps=deps,
-                            gpu=gpu, exclusive=exclusive and gpu, threads=threads,
-                            peak_mib=_peak(p, shp), modelled_peak_mib=p.modelled_peak_mib))
+            pending.append(Pending(
+                Job(f"train:{cell.cell_id}", cell.study, "cell", 0.0, 0.0, deps=deps, gpu=gpu,
+                    exclusive=exclusive and gpu, threads=threads), key, r["epochs"], shp,
+                akey, n_adv_epochs, min(shp.n_val, ev["adv_max_images"] or shp.n_val)))
+
+        # 2. Profile each group once.
+        t_profile = time.perf_counter()
+        progress(f"{len(cells)} cells: profiling {len(groups)} job groups (model x input x "
+                 f"batch x method family, {PROFILE_EPOCHS} epochs of {steps} steps each"
+                 f"{'' if gpu else ', capped for a CPU'})")
+        for i, (what, run) in enumerate(groups.values(), 1):
+            progress(f"  [{i}/{len(groups)}] profiling {what} ...")
+            t0 = time.perf_counter()
+            run()
+            progress(f"  [{i}/{len(groups)}] {time.perf_counter() - t0:.1f} s")
+        profile_wall = time.perf_counter() - t_profile
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    profile_wall = time.perf_counter() - t_profile
+
+    # 3. Project every job.
+    measured = background.result()
+    start_cpu, start_wall = measured["startup"]
+    start = start_wall if gpu else start_cpu
+    progress(f"job start-up: {start_cpu:.1f} s CPU, {start_wall:.1f} s wall")
+    jobs: list[Job] = []
+    for job, shp in prepare_jobs:
+        job.seconds, job.wall_seconds = start + shp.load_s, start_wall + shp.load_s
+        jobs.append(job)
+    for item in pending:
+        p = profiles[item.key]
+        adv = adversarial.get(item.adv_key, {}) if item.adv_key else {}
+        item.job.seconds, item.job.wall_seconds = _project(
+            p, item.epochs, item.shape, start, start_wall, adv, item.adv_epochs,
+            item.adv_images, evaluate=item.evaluate)
+        if item.job.kind != "stage":
+            item.job.peak_mib = _peak(p, item.shape)
+            item.job.modelled_peak_mib = p.modelled_peak_mib
+        jobs.append(item.job)
+    for item in pending:  # the profiles table shows a group's adversarial costs
+        if item.adv_key and item.adv_key in adversarial:
+            profiles[item.key].adv_s_per_image = {m: v[0] for m, v
+                                                  in adversarial[item.adv_key].items()}
 
     # aggregation per study and the report (their start-up measured; the work is small)
     if tracking:  # onstart: the MLflow store and the studies' experiments, before any job
-        t_cpu, t_wall = import_s("bench.tracking, mlflow")
+        t_cpu, t_wall = measured["tracking"]
         jobs.insert(0, Job("init_tracking", None, "prepare", t_cpu, t_wall))
         for j in jobs[1:]:
             j.deps.append("init_tracking")
-    agg_cpu, agg_wall = import_s("bench.aggregate")
-    rep_cpu, rep_wall = import_s("bench.report")
+    agg_cpu, agg_wall = measured["aggregate"]
+    rep_cpu, rep_wall = measured["report"]
     for study in cfg["studies"]:
         deps = [j.name for j in jobs if j.study == study and j.kind == "cell"]
         jobs.append(Job(f"aggregate:{study}", study, "aggregate", agg_cpu, agg_wall, deps=deps))
@@ -579,7 +791,13 @@ def estimate(cfg: dict[str, Any], *, cores: int | None = None, gpus: int | None 
                     profiles=list(profiles.values()), jobs=jobs, wall_s=wall_s,
                     wall_s_from_wall_clock=wall_clock_s, critical_path_s=critical,
                     profile_wall_s=profile_wall,
-                    nominal_datasets=sorted({d for (d, _), s in shapes.items() if s.nominal}))
+                    nominal_datasets=sorted({d for (d, _), s in shapes.items() if s.nominal}),
+                    estimate_wall_s=time.perf_counter() - t_start)
+
+
+def _profile_into(into: dict[str, Any], key: str, run: Callable[[], Any]) -> None:
+    """Profile one group (`run()`) into `into[key]`."""
+    into[key] = run()
 
 
 def _pretrain_cell(spec: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
@@ -599,16 +817,17 @@ def _pretrain_cell(spec: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key(r: dict[str, Any], shp: DataShape, family: str) -> str:
-    """What a job's time depends on: model and options, input, batches, family, its method
-    (only for the families whose loop is the method's own) and its budget for those that size
-    themselves to it."""
+    """What a job's time depends on: model and options, input shape, batches, family, and its
+    method for the families whose loop or batch is the method's own. Each distinct shape is
+    profiled once: not per number of classes (the classifier is a sliver of the work) nor per
+    budget (a method sized to its budget trains the same layers at another batch; per image
+    about the same cost)."""
     parts = [r["model"], canonical_json(r["model_options"]),
-             f"{shp.channels}x{shp.size}x{shp.size}", str(shp.num_classes),
+             f"{shp.channels}x{shp.size}x{shp.size}",
              str(r["train"]["batch_size"]), str(r["train"]["eval_batch_size"]), family,
              canonical_json({k: r["train"].get(k) for k in ("precision", "channels_last")})]
     if "owns_loop" in family or "sizes_to_budget" in family:
-        parts += [r.get("method_impl", ""), str(r.get("budget", "")),
-                  canonical_json(r.get("method_options", {}))]
+        parts += [r.get("method_impl", ""), canonical_json(r.get("method_options", {}))]
     return "|".join(parts)
 
 
@@ -728,7 +947,7 @@ def render(est: Estimate, configfile: str = "") -> str:
         (f"  slots: --cores {est.cores}{gpus}: {est.cells_at_once} cell(s) at once; "
          f"job start-up {est.startup_s:.1f} s"),
         "",
-        "profiles (each job group run for real, truncated, for 1 and 2 epochs):",
+        "profiles (each job group run for real once, truncated, for 2 epochs):",
         (f"  {'kind/family':34s} {'model':18s} {'input':10s} {'batch':>5s} "
          f"{'ms/img train':>12s} {'ms/img eval':>11s} {'fixed s':>8s} {'peak MiB':>9s}"),
     ]
@@ -737,7 +956,8 @@ def render(est: Estimate, configfile: str = "") -> str:
         peak = p.peak_alloc_mib if p.peak_alloc_mib is not None else p.modelled_peak_mib
         lines.append(f"  {fam[:34]:34s} {p.model[:18]:18s} {'x'.join(map(str, p.shape)):10s} "
                      f"{p.batch:5d} {1e3 * p.train_s_per_image:12.3f} "
-                     f"{1e3 * p.eval_s_per_image:11.3f} {p.fixed_s:8.1f} {_num(peak, '9.1f'):>9s}")
+                     f"{1e3 * p.eval_s_per_image:11.3f} {p.fixed_s:8.1f} {_num(peak, '9.1f'):>9s}"
+                     + (f"  ({p.note})" if p.note else ""))
     lines += [
         "",
         ("per study (device-hours: the busy time of its jobs; peak per cell: the projected "
@@ -758,7 +978,7 @@ def render(est: Estimate, configfile: str = "") -> str:
                    f"with {est.cells_at_once} cell(s) at once (critical path "
                    f"{_hms(est.critical_path_s)}; from this machine's wall clocks "
                    f"{_hms(est.wall_s_from_wall_clock)}); profiling took "
-                   f"{_hms(est.profile_wall_s)}")]
+                   f"{_hms(est.profile_wall_s)}, the whole estimate {_hms(est.estimate_wall_s)}")]
     if est.nominal_datasets:
         lines.append(f"note: {', '.join(est.nominal_datasets)} not loadable here: their nominal "
                      f"sizes were used")

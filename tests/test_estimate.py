@@ -98,3 +98,68 @@ def test_an_estimate_of_a_tiny_grid(tmp_path):
     per_epoch = p.epoch_s + 128 * p.train_s_per_image + 64 * p.eval_s_per_image
     assert thirty - three == pytest.approx(27 * per_epoch)
     assert three == pytest.approx(cells[0].seconds)
+
+
+# ----------------------------------------------------------------------------- its own speed
+# `plan --estimate` on config/paper.yaml gave nothing within 15 minutes on 2 cores and said
+# nothing meanwhile: 29 cell groups, each run twice at full width, batch 128, 10 steps.
+
+
+def _paper_groups() -> set[str]:
+    from bench.config import ROOT, CellResolver, check_config, load_config, plan
+    from bench.methods import METHODS
+
+    cfg = check_config(load_config([ROOT / "config" / "paper.yaml"]))
+    resolver = CellResolver(cfg)
+    keys = set()
+    for cell in plan(cfg):
+        r = resolver.resolve(cell)
+        cls = METHODS.get(r["method_impl"])
+        family = est.method_family(
+            cls, cls.needs_grad_norms or "grad_variance" in r["evaluation"]["metrics"])
+        keys.add(est._key(r, est.data_shape(cell.dataset, r["data"], "data"), family))
+    return keys
+
+
+def test_each_distinct_shape_is_profiled_once_not_per_classes_or_budget():
+    """CIFAR-10 and -100 (a classifier of another width), 320 and 384 MiB (a method sized to
+    its budget): the same work per image, one group."""
+    assert len(_paper_groups()) == 11  # 29 before (cells; plus pretrain and ranking)
+
+
+def test_a_large_model_is_profiled_at_a_reduced_width_on_a_cpu_and_scaled_by_flops():
+    shape = est.DataShape(50_000, 10_000, 3, 32, 10)
+    options, scale = est.probe_options("vgg16", {"width": 1.0}, shape, gpu=False)
+    assert options["width"] < 0.25 and 20 < scale < 30
+    small = est.forward_flops("vgg16", options, 3, 32, 10)
+    assert small == pytest.approx(est.CPU_PROBE_FORWARD_FLOPS, rel=0.2)
+    assert est.probe_options("vgg16", {"width": 1.0}, shape, gpu=True) == ({"width": 1.0}, 1.0)
+    # the default config's models stay whole (its estimate was checked against real runs)
+    for model, opts, size in (("vgg16", {"width": 0.25}, 32), ("resnet18", {"width": 0.25}, 32),
+                              ("wrn28_4", {"norm": "rms", "width": 0.125}, 8)):
+        assert est.probe_options(model, opts, est.DataShape(1437, 360, 1, size, 10),
+                                 gpu=False)[1] == 1.0
+
+
+def test_an_estimate_says_what_it_profiles_and_runs_each_group_once(tmp_path, monkeypatch):
+    from bench import train
+
+    calls = []
+    real = train.run_cell
+    monkeypatch.setattr(train, "run_cell", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
+    monkeypatch.setattr(est, "CPU_MAX_FORWARD_FLOPS", 1e5)  # the tiny model counts as large
+    monkeypatch.setattr(est, "CPU_PROBE_FORWARD_FLOPS", 5e4)
+    cfg = tiny_config(tmp_path, seeds=2, epochs=3, methods=["sgd", "plain"],
+                      variants={"plain": {"method": "sgd"}})
+    cfg["tracking"]["enabled"] = False
+    lines = []
+    e = est.estimate(cfg, cores=2, steps=2, progress=lines.append)
+    assert len(calls) == 1 and calls[0]["epochs"] == 2  # one group, one run of two epochs
+    assert calls[0]["model_options"]["width"] < 0.125  # profiled narrower ...
+    p, = e.profiles
+    assert "profiled at width" in p.note and p.modelled_peak_mib is None  # ... and says so
+    text = "\n".join(lines)
+    assert "4 cells: profiling 1 job groups" in text, text
+    assert "[1/1] profiling backprop resnet18_cifar 3x16x16 batch 32" in text, text
+    assert "job start-up" in text and e.estimate_wall_s > 0
+    assert "(profiled at width" in est.render(e)
