@@ -30,6 +30,7 @@ from bench.report import (
     StudyTables,
     Table,
     group_label,
+    metric_unit,
     register_study_figures,
     register_study_tables,
 )
@@ -242,8 +243,11 @@ def efficiency(t: StudyTables) -> Table | None:
         row = [Cell(method, "code"), Cell(units), Cell(size), Cell(len(g), "int")]
         for col in COLUMNS:
             values = pd.to_numeric(g[col], errors="coerce").dropna() if col in g else pd.Series()
+            unit = metric_unit(col)
             if col == "min_budget_utilisation":
                 row.append(Cell(float(values.min()) if len(values) else None, "num"))
+            elif unit.kind == "percent":  # accuracies and sparsities: % as everywhere
+                row.append(Cell(unit.number(float(values.mean())) if len(values) else None))
             else:
                 row.append(Cell(float(values.mean()) if len(values) else None, "num"))
         rows.append(((t.methods.index(method) if method in t.methods else 99,
@@ -258,8 +262,10 @@ def efficiency(t: StudyTables) -> Table | None:
                  "budget any epoch of any seed selected (mechanism check budget_used: >= 0.99), "
                  "the measured bytes saved for backward in one step, and final "
                  "validation accuracy. Budgets in memory units (one 4-byte slot per sample) and "
-                 "in kB."),
+                 "in kB; sparsities and accuracy in % (as in the scorecard)."),
         columns=[Column("method"), Column("budget (units)", "r"), Column("budget (bytes)", "r"),
-                 Column("n", "r"), *[Column(label, "r") for label in COLUMNS.values()]],
+                 Column("n", "r"),
+                 *[Column(label + (" (%)" if metric_unit(col).kind == "percent" else ""), "r")
+                   for col, label in COLUMNS.items()]],
         groups=[Group("", [row for _, row in rows])],
     )

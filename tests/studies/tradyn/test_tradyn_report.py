@@ -110,3 +110,16 @@ def test_the_section_draws_the_matrix_and_lists_the_pairs():
     assert efficiency.id == "tradyn-efficiency"
     none = report.figures(study_tables(cells().query("method == 'full_ft'")))[0]
     assert none.fig is None and "fewer than two" in none.note
+
+
+def test_efficiency_table_gives_accuracy_and_sparsity_in_percent():
+    c = cells()
+    c["mean_weight_sparsity"] = 0.97
+    (_, efficiency) = report.tables(study_tables(c))
+    labels = [col.label for col in efficiency.columns]
+    assert "val acc (%)" in labels and "weight sparsity (%)" in labels
+    row = dict(zip(labels, efficiency.groups[0].rows[0]))
+    assert row["weight sparsity (%)"].value == "97.0"
+    ok = c[(c["method"] == row["method"].value) & (c["status"] == "ok")]
+    means = {f"{100 * pd.to_numeric(g['val_acc']).mean():.1f}" for _, g in ok.groupby("budget")}
+    assert row["val acc (%)"].value in means  # the scorecard's unit, not a fraction
