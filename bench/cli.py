@@ -533,11 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check a finished run: nothing lost or duplicated")
     _add_config_args(s)
-    s.add_argument("--results", default=None, help="results folder (default: the config's)")
+    s.add_argument("--results", default=None,
+                   help="a results folder, judged by the plan its last run recorded "
+                        "(run-plan.json), not by this clone's config (default: the config's "
+                        "folder, judged by the config)")
     s.add_argument("--status", nargs="+", default=["ok", "oom", "diverged", "skipped"],
                    help="statuses a result may have (default: every finished status)")
     s.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: $MLFLOW_TRACKING_URI, then the config's)")
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, then the config's; with "
+                        "--results: the store that folder's run recorded)")
     s.add_argument("--no-tracking", action="store_true", help="do not check MLflow runs")
     s.add_argument("--no-report", action="store_true", help="do not check tables and report")
     s.set_defaults(func=cmd_verify)

@@ -130,14 +130,20 @@ class RunLock:
     def _take(self, fd: int, planned_since: float | None) -> list[str]:
         notes: list[str] = []
         flocked = True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLockError(self._held_message(_read(fd))) from None
-        except OSError as e:
-            if e.errno not in _UNSUPPORTED:
-                raise
-            flocked = False  # no flock here: the record decides
+        for attempt in range(20):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                record = _read(fd)
+                if (record and not record.get("released")) or attempt == 19:
+                    raise RunLockError(self._held_message(record)) from None
+                time.sleep(0.1)  # held an instant without a record: a starting run, a probe
+            except OSError as e:
+                if e.errno not in _UNSUPPORTED:
+                    raise
+                flocked = False  # no flock here: the record decides
+                break
         old = _read(fd)
         if old and not old.get("released"):
             same_host = old.get("host") == socket.gethostname()
@@ -222,29 +228,19 @@ def _write(fd: int, record: dict[str, Any]) -> None:
 
 
 def holder(results: str | Path) -> dict[str, Any] | None:
-    """The record of the run holding `results` now, or None (free, released or stale)."""
-    path = lock_path(results)
+    """The record of the run holding `results` now, or None (free, released or stale). Reads
+    only (it never takes the lock, so it cannot make a starting run fail): a holder on this
+    host is checked by its pid; one on another host is taken at its word."""
     try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
+        record = json.loads(lock_path(results).read_text() or "{}")
+    except (OSError, ValueError):
         return None
-    try:
-        record = _read(fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return record or {}
-        except OSError:
-            pass  # no flock: judge by the record
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        if record and not record.get("released") and pid_alive(
-                record.get("pid"), record.get("pid_start")):
-            return record
+    if not isinstance(record, dict) or not record or record.get("released"):
         return None
-    finally:
-        os.close(fd)
+    if record.get("host") == socket.gethostname() and not pid_alive(
+            record.get("pid"), record.get("pid_start")):
+        return None
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,9 +126,10 @@ def verify_folder(results: str | Path, cfg: dict[str, Any] | None = None, *,
     track = record.get("tracking") or {}
     store = None
     if tracking and track.get("enabled"):
-        store = uri or os.environ.get("MLFLOW_TRACKING_URI") or (
-            f"sqlite:///{(results / 'mlflow.db').resolve()}" if track.get("in_results")
-            else track.get("uri"))
+        # where that run mirrored to (its default store moves with the folder), not where
+        # this shell's $MLFLOW_TRACKING_URI points; --tracking-uri overrides
+        store = uri or (f"sqlite:///{(results / 'mlflow.db').resolve()}"
+                        if track.get("in_results") else track.get("uri"))
     v = _verify(results, cells, dict(record["cells"]),
                 {"threads": record.get("threads"), "device": record.get("device")},
                 list(record.get("studies") or sorted({c.study for c in cells})),

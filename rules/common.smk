@@ -236,11 +236,16 @@ RUN_LOCK = RunLock(Path(RESULTS).resolve(), clone=str(Path(workflow.basedir).res
 
 
 def before_any_job():
-    """`onstart` (main process only; never on a dry run): the results folder's lock, the
-    run's plan recorded, devices that the local jobs will ask for, the
-    MLflow store. Any failure here releases the lock again."""
+    """`onstart` (main process only; never on a dry run): devices that the local jobs will ask
+    for, then the results folder's lock, the run's plan recorded (`run-plan.json`) and the
+    MLflow store. A failure after the lock releases it again."""
     if not workflow.is_main_process:
         return
+    if workflow.local_exec:  # a cluster's jobs run elsewhere: their devices are theirs to check
+        try:
+            check_device(CONFIG)
+        except ConfigError as e:
+            raise WorkflowError(str(e)) from None
     take_results_lock()
     try:
         _prepare_run()
@@ -275,11 +280,6 @@ def after_last_job():
 
 
 def _prepare_run():
-    if workflow.local_exec:  # a cluster's jobs run elsewhere: their devices are theirs to check
-        try:
-            check_device(CONFIG)
-        except ConfigError as e:
-            raise WorkflowError(str(e)) from None
     for c in CELLS:
         if c.cell_id not in PLANNED_HASHES:
             PLANNED_HASHES[c.cell_id] = config_hash(RESOLVER.resolve(c))

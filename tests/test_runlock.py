@@ -121,3 +121,20 @@ def test_a_reused_pid_is_not_taken_for_the_holder():
     assert runlock.pid_alive(os.getpid(), runlock._proc_start(os.getpid()))
     assert not runlock.pid_alive(os.getpid(), "1")  # same pid, another start time
     assert not runlock.pid_alive(0) and not runlock.pid_alive(-1) and not runlock.pid_alive(None)
+
+
+def test_a_lock_held_an_instant_without_a_record_is_waited_for(tmp_path):
+    """Another process holding the flock for an instant with no live record (a run starting
+    up, an external probe) must not make this run fail."""
+    import fcntl
+    import threading
+
+    first = RunLock(tmp_path, clone="/a")
+    first.acquire()
+    first.release()  # the record now says released
+    fd = os.open(lock_path(tmp_path), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    threading.Timer(0.5, lambda: os.close(fd)).start()
+    lock = RunLock(tmp_path, clone="/b")
+    assert lock.acquire() == []
+    lock.release()

@@ -198,16 +198,17 @@ def test_unknown_name_stops_before_any_job(tmp_path):
 def test_keep_going_one_failing_cell_does_not_stop_the_others(tmp_path):
     cfg = write_config(tmp_path / "one_epoch.yaml", only_baseline=True, epochs=1,
                        methods=["sgd"], variants={}, seeds=3)
-    # Cell s1 cannot write its checkpoint (a folder stands where the file goes, as on a broken
-    # disk): its job fails; with --keep-going the other cells still run.
+    # Cell s1 cannot open its lock file (a folder stands where the file goes, as on a broken
+    # disk; a folder in place of its checkpoint is set aside by the cell, which then runs): its
+    # job fails; with --keep-going the other cells still run.
     cells = tmp_path / "results" / "baseline" / "cells" / "sgd" / "resnet18_cifar" / "digits" / "none"
-    (cells / "s1" / "checkpoint.pt" / "x").mkdir(parents=True)
+    (cells / "s1" / ".lock" / "x").mkdir(parents=True)
     proc = snakemake(tmp_path, "--configfile", str(cfg), "--keep-going")
     assert proc.returncode != 0
     assert (cells / "s0" / "result.json").is_file()
     assert (cells / "s2" / "result.json").is_file()
     assert not (cells / "s1" / "result.json").exists()
-    assert "checkpoint" in (cells / "s1" / "train.log").read_text()
+    assert ".lock" in (cells / "s1" / "train.log").read_text()
     assert not (tmp_path / "results" / "report" / "report.html").exists()
     from bench.runlock import holder  # a failed run releases the results folder too
 
