@@ -6,13 +6,23 @@ docs/contracts.md "Tables"), draws the figures with matplotlib, and renders
 script, a print stylesheet) and `reports/report.tex.j2` (booktabs longtables, PDF figures under
 `figures/`; every scorecard, table and figure also its own `\\input`-able file under `tex/`).
 
-Verdict first (docs/design.md): the page opens on an overview (per paper, its claims by
-verdict, failed mechanism checks, cells), then per study a scorecard (`scorecard_table`: every
-claim and group with its verdict badge, statement, the paper's number, the reproduced estimate
-with its 90% CI and the seeds a decisive verdict would need, the mechanism checks of each group
-under its claims; `figure_forest` above it), then the study's figures, then its tables, each
-collapsed behind a one-line summary (`Table.one_line`), the cells table last. Studies without
-claims come last.
+Findings first (docs/design.md): the page opens on every claim tested in the run, per paper
+(`findings_table`: the paper's number, ours as the mean or seed-paired difference with its 90%
+CI, the verdict and its reason in words, `claim_reason`); the claims not testable in the run are
+counted there and listed in an appendix (HTML and LaTeX), not in the body. Then an overview (per
+paper, its claims by verdict, failed mechanism checks, cells), then per study its scorecard
+(`figure_forest`, then `scorecard_table`: each tested claim with its verdict badge, statement,
+paper, ours, reason and n, the mechanism checks of each group under its claims), a paper-style
+table (`paper_table`: methods as rows, mean ± std beside the paper's value), the study's figures
+and its tables, each collapsed behind a one-line summary (`Table.one_line`), the cells table
+last (each run id linked to its MLflow run: `mlflow_links`, the runs view
+`#/experiments/N/runs`). Studies without claims come last. A verdict this module does not know
+(a `check`, anything newer) is shown as written, neutrally, and counted apart.
+
+One unit per quantity (`claim_unit`, `metric_unit`): accuracies and sparsities in %, their
+differences in percentage points, a superiority over a constant (stored as the gain over it) as
+the ratio itself (0.56×), memory in MiB: the findings, scorecard, claims table, forest plot and
+the studies' tables agree.
 
 Both outputs format numbers through the one function `format_number` (a zero spread prints 0,
 intervals of fractions are clipped to [0, 1] and marked †), so a number in either report can be
