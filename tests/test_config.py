@@ -357,7 +357,15 @@ def test_validate_refuses_a_pretrain_checkpoint_that_is_no_checkpoint_of_the_mod
     check_config(_checkpoint_cfg(good))
 
 
-def test_budgets_given_to_a_method_that_ignores_them_are_warned_with_its_name(capsys):
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    from bench import config
+
+    monkeypatch.setattr(config, "_WARNED", set())  # each warning is printed once per process
+
+
+def test_budgets_given_to_a_method_that_ignores_them_are_warned_with_its_name(capsys,
+                                                                              fresh_warnings):
     check_config(cfg_with(budgets=["16MiB", "32MiB"], methods=["sgd", "plain"],
                           variants={"plain": {"method": "sgd"}}))
     err = capsys.readouterr().err
@@ -369,7 +377,7 @@ def test_budgets_given_to_a_method_that_ignores_them_are_warned_with_its_name(ca
     assert "ignores memory budgets" not in capsys.readouterr().err  # sized to it: no warning
 
 
-def test_a_plan_of_ten_thousand_seeds_is_warned_about(capsys):
+def test_a_plan_of_ten_thousand_seeds_is_warned_about(capsys, fresh_warnings):
     check_config(cfg_with(seeds=10_000))
     err = capsys.readouterr().err
     assert "warning: the plan has 10,000 cells (t: 10,000, with 10,000 seeds)" in err, err
