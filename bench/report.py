@@ -2691,10 +2691,10 @@ def overview_table(views: Sequence[StudyView]) -> Table:
     for v in views:
         rows.append([
             Cell(v.name, href=f"#{v.anchor}"), Cell(v.n_claims, "int"),
-            *[Cell(v.verdicts[k], "int", css=f"count v-{k.replace(' ', '-')}"
+            *[Cell(v.verdicts[k], "int", css=f"v-{k.replace(' ', '-')}"
                    + (" zero" if not v.verdicts[k] else "")) for k in kinds],
             Cell(f"{v.checks_failed} / {v.checks_total}" if v.checks_total else None,
-                 css="count v-contradicted" if v.checks_failed else ""),
+                 css="v-contradicted" if v.checks_failed else ""),
             Cell(f"{v.n_ok} / {v.n_cells}", css="" if v.n_ok == v.n_cells else "status-bad"),
         ])  # fmt: skip
     return Table(
