@@ -2300,7 +2300,8 @@ SCORECARD_CAPTION = (
     "seed-paired difference method − versus, with its 90% t-interval, n seeds. Accuracies in "
     "%, differences of accuracies in percentage points (pts), speed-ups and reductions as "
     "ratios (×). Why: the verdict's reason in the same units (claims.csv's reason, in the "
-    "CSV's fractions, is in the claims table)."
+    "CSV's fractions, is in the claims table). †: an interval clipped to the metric's range "
+    "(an accuracy cannot pass 100%)."
 )
 
 
@@ -2671,7 +2672,7 @@ def findings_table(views: Sequence[StudyView]) -> Table:
         id="findings",
         caption=(f"Every claim tested in this run ({n}; {untested} not testable: appendix). "
                  "Accuracies in %, their differences in points (pts), ratios as ×; ours: the "
-                 "mean or seed-paired difference [90% CI]."),
+                 "mean or seed-paired difference [90% CI], † clipped to the metric's range."),
         columns=[*_scorecard_columns()[:1], Column("claim", html="clamp c-claim"),
                  *_scorecard_columns()[2:-1]],
         groups=groups,
