@@ -2277,7 +2277,7 @@ def _scorecard_row(r: pd.Series, with_group: bool, *, untestable: bool = False,
         sub.append(format_value(_get(r, "metric")))
     if with_group and any(not _is_missing(_get(r, k)) for k in GROUP_KEYS):
         sub.append(claim_group(r))
-    title = " — ".join(format_value(x) for x in (_get(r, "source"), _get(r, "reason"))
+    title = " — ".join(format_value(x) for x in (statement, _get(r, "source"))
                        if not _is_missing(x))
     methods = [str(m) for m in (_get(r, "method"), _get(r, "versus"))
                if not _is_missing(m) and not str(m).startswith("constant")]
@@ -2671,9 +2671,10 @@ def findings_table(views: Sequence[StudyView]) -> Table:
     return Table(
         id="findings",
         caption=(f"Every claim tested in this run ({n}; {untested} not testable: appendix). "
-                 "Accuracies in %, their differences in points (pts), ratios as ×; ours: the "
-                 "mean or seed-paired difference [90% CI], † clipped to the metric's range."),
-        columns=[*_scorecard_columns()[:1], Column("claim", html="clamp c-claim"),
+                 "Accuracies in %, their differences in points (pts), ratios ×; ours: mean or "
+                 "seed-paired difference [90% CI], † clipped to the metric's range; the full "
+                 "statement in each study's scorecard."),
+        columns=[*_scorecard_columns()[:1], Column("claim", html="clamp1 c-claim"),
                  *_scorecard_columns()[2:-1]],
         groups=groups,
         title="Findings",
