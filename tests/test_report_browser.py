@@ -263,3 +263,34 @@ def test_scorecard_of_the_first_study_is_the_first_with_claims(realistic_report)
     order = [m for m in re.findall(r'<section class="study" id="study-([a-z-]+)"', text)]
     assert order == ["restwake", "sparsity-regimes", "baseline"]
     assert f"model {MODEL} · dataset {DATASET} · budget 256MiB" in text
+
+
+def test_first_screen_holds_fourteen_claims_of_four_papers_with_long_statements(tmp_path):
+    """The default run's shape: four papers, 14 tested claims, statements of two lines and
+    more (as the papers' claims files write them), most claims not testable: all 14 rows,
+    each with its verdict and reason, still fit the first 800 px."""
+    import pandas as pd
+
+    long = ("the early-exit model's accuracy is not more than 1 point below backprop's under "
+            "the same budget ('while maintaining accuracy'; non-inferiority), where its "
+            "partition keeps every block within half its first unit's b*")
+    studies = []
+    for name, keep in (("neuroflux", 3), ("restwake", 5), ("sparsity_regimes", 2),
+                       ("tradyn", 4)):
+        tables = write_study_tables(tmp_path / name, study=name)
+        claims = pd.read_csv(tables / "claims.csv")
+        tested = [i for i, v in enumerate(claims["verdict"]) if not v.startswith("not testable")]
+        for n, i in enumerate(tested):
+            if n < keep:
+                claims.loc[i, "description"] = f"{name} claim {n}: {long}"
+            else:
+                claims.loc[i, "verdict"] = ("not testable (the paper's setting wrn28_4/cifar10/"
+                                            "none is not in this run)")
+        claims.to_csv(tables / "claims.csv", index=False)
+        studies.append(study_input(tables, name))
+    page = build_report(studies, tmp_path / "report", PROVENANCE, title="four papers")["html"]
+    found = probe_page(page)
+    assert len(found["findings"]) == 14
+    for row in found["findings"]:
+        assert row["bottom"] <= HEIGHT, row
+        assert row["verdict"] and not row["badge_cut"] and row["why"], row
