@@ -451,6 +451,10 @@ def test_a_corrupted_result_is_set_aside_and_remade(tiny_run, tmp_path):
     assert len(read_csv(work / "results" / "t" / "tables" / "cells.csv")) == 2
     assert (work / "results" / "report" / "report.html").is_file()
     assert "Nothing to be done" in snakemake(work, "--configfile", str(cfg), "-n").stdout
+    from bench.runlock import holder  # the run took the folder's lock and released it
+
+    assert holder(work / "results") is None
+    assert json.loads((work / "results" / ".run.lock").read_text())["released"]
 
 
 # ----------------------------------------------------------------------------- one run per folder
