@@ -163,10 +163,11 @@ class RunLock:
                 f"planning: {describe(old)}, "
                 + (f"ended {_iso(old.get('released'))}" if old.get("released") else "died")
                 + ". This run's plan may be out of date (it would redo or delete that run's "
-                "results): start snakemake again, nothing was changed.")
+                "results): start snakemake again (no job ran).")
         self._record = {"pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
                         "host": socket.gethostname(), "clone": self.clone,
-                        "workdir": os.getcwd(), "started": time.time(), "command": self.command, "released": None}
+                        "workdir": os.getcwd(), "started": time.time(),
+                        "command": self.command, "released": None}
         _write(fd, self._record)
         self._fd, self._flock = fd, flocked
         atexit.register(self.release)
