@@ -1216,6 +1216,11 @@ def test_mlflow_links_use_the_runs_view_of_the_studys_experiment(tmp_path, monke
         assert f'href="{links.runs}/{run_id}"' in text
     assert f'href="{links.runs}"' in text
     assert f"#/experiments/{exp}\"" not in text  # never the bare experiment (GenAI overview)
+    tex = tex_with_inputs(paths["tex"])
+    assert rf"\url{{{links.runs}}}" in tex  # the PDF names the runs table too, and compiles
+    if shutil.which("pdflatex"):
+        proc = _pdflatex(paths["tex"])
+        assert proc.returncode == 0, proc.stdout[-2000:]
     # a store that does not exist: no links, and the cells table says why
     gone = report.mlflow_links(STUDY, f"sqlite:///{tmp_path / 'none.db'}")
     assert gone.runs == "" and gone.run("abc") == "" and "no MLflow store" in gone.why
