@@ -222,8 +222,11 @@ def _env() -> dict[str, str]:
 
 def startup_s(tracking: bool) -> tuple[float, float]:
     """(CPU s, wall s) of starting a cell's processes: `python -m bench.slots` (execs) and a
-    Python that imports what `python -m bench train` imports (and MLflow with tracking on)."""
-    modules = "import bench.cli, bench.train" + (", bench.tracking, mlflow" if tracking else "")
+    Python that imports what `python -m bench train` imports (and MLflow with tracking on),
+    and `torch._dynamo`, which torch's optimizers import on a process's first step (~1-2 s:
+    the profiles, all in this process, pay it once)."""
+    modules = ("import bench.cli, bench.train, torch._dynamo"
+               + (", bench.tracking, mlflow" if tracking else ""))
     cmds = [[sys.executable, "-m", "bench.slots", "--need", "0", "--", sys.executable, "-c",
              "pass"], [sys.executable, "-c", modules]]
     cpu = wall = 0.0
