@@ -1315,7 +1315,9 @@ def claim_reason(r: Mapping[str, Any] | pd.Series) -> str:
     if v == "not testable":
         return detail or csv_reason or "not in this run"
     if v == "withheld":
-        return detail or csv_reason or "a mechanism check it requires failed"
+        text = _condense_failures(detail) or csv_reason or "a mechanism check it requires failed"
+        m = re.match(r"verdict would be ([a-z ]+?)\b(?: \(|:)", csv_reason)
+        return text + (f"; would otherwise be {m.group(1)}" if m else "")
     if v not in DECIDED:  # check, or a verdict this report does not know: its own words
         return csv_reason or detail or format_value(verdict)
     u = claim_unit(r)
@@ -1333,7 +1335,7 @@ def claim_reason(r: Mapping[str, Any] | pd.Series) -> str:
     ci = u.interval(low, high) + (CLIPPED_MARK if clipped else "")
     if kind == "superiority":
         p = _get(r, "p_holm") if not _is_missing(_get(r, "p_holm")) else _get(r, "p")
-        p_text = "" if _is_missing(p) else f" (one-sided p = {format_p(p)})"
+        p_text = "" if _is_missing(p) else f" (p = {format_p(p)}, one-sided)"
         limit = u(band[0], signed=signed) if band is not None else "the margin"
         if v == "reproduced":
             return f"{u(est, signed=signed)} is above {limit}{p_text}"
@@ -1345,7 +1347,40 @@ def claim_reason(r: Mapping[str, Any] | pd.Series) -> str:
     if v == "contradicted":
         side = "below" if band is not None and float(est) < band[0] else "above"
         return f"95% CI wholly {side} {band_text}"
-    return f"90% CI {ci} neither inside {band_text} nor wholly outside; {_seeds_words(r)}"
+    # neither inside nor (95% CI) wholly outside: the interval straddles an edge of the band
+    return f"90% CI {ci} straddles {band_text}; {_seeds_words(r)}"
+
+
+_FAILURE = re.compile(r"^(?P<check>\S+) \((?P<method>\S+) seed (?P<seed>\S+): (?P<rest>.*)\)$")
+
+
+def _condense_failures(detail: str) -> str:
+    """'mechanism check failed: c (m seed 0: v, expected e); c (m seed 1: v, expected e)' ->
+    'mechanism check failed: c (m seeds 0, 1: v, expected e)': one entry per check, method and
+    outcome, its seeds together (bench.claims lists each seed)."""
+    prefix = "mechanism check failed: "
+    if not detail.startswith(prefix):
+        return detail
+    merged: dict[tuple[str, str, str], list[str]] = {}
+    other: list[str] = []
+    for part in detail[len(prefix):].split("; "):
+        m = _FAILURE.match(part.strip())
+        if m:
+            merged.setdefault((m["check"], m["method"], m["rest"]), []).append(m["seed"])
+        else:
+            other.append(part)
+    parts = [f"{c} ({meth} seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: {rest})"
+             for (c, meth, rest), seeds in merged.items()]
+    return prefix + "; ".join(parts + other)
+
+
+FINDING_WHY_CHARS = 150  # a findings reason longer than this is cut (in full in the scorecard)
+
+
+def _short(text: str, limit: int = FINDING_WHY_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
 
 
 def _seeds_words(r: Mapping[str, Any] | pd.Series) -> str:
@@ -2644,9 +2679,15 @@ def findings_rows(t: StudyTables) -> list[list[Cell]]:
     check, withheld), in scorecard order, as verdict, claim, paper, ours, why."""
     rows = [r for key, rs in scorecard_order(t.claims) if key is not None for r in rs]
     several = len({claim_group(r) for r in rows}) > 1
-    return [_scorecard_row(r, with_group=several,
-                           runs_url=t.links.method_runs(_get(r, "method")))[0][:-1]
-            for r in rows]
+    out = []
+    for r in rows:
+        cells = _scorecard_row(r, with_group=several,
+                               runs_url=t.links.method_runs(_get(r, "method")))[0][:-1]
+        why = cells[-1]
+        if len(str(why.value)) > FINDING_WHY_CHARS:  # the rest in the scorecard and tooltip
+            cells[-1] = Cell(_short(str(why.value)), css=why.css, title=str(why.value))
+        out.append(cells)
+    return out
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:
@@ -2670,12 +2711,11 @@ def findings_table(views: Sequence[StudyView]) -> Table:
     untested = sum(v.verdicts["not testable"] for v in views)
     return Table(
         id="findings",
-        caption=(f"Every claim tested in this run ({n}; {untested} not testable: appendix). "
-                 "Accuracies in %, their differences in points (pts), ratios ×; ours: mean or "
-                 "seed-paired difference [90% CI], † clipped to the metric's range; the full "
-                 "statement in each study's scorecard."),
+        caption=(f"The {n} claims tested in this run. Accuracies in %, their differences in "
+                 "points (pts), ratios ×; ours: mean or seed-paired difference [90% CI] († "
+                 "clipped); full statements in each scorecard."),
         columns=[*_scorecard_columns()[:1], Column("claim", html="clamp1 c-claim"),
-                 *_scorecard_columns()[2:-1]],
+                 *_scorecard_columns()[2:4], Column("why", html="wrap clamp c-why")],
         groups=groups,
         title="Findings",
     )

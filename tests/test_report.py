@@ -605,7 +605,7 @@ def test_scorecard_badges_statements_estimates_and_reasons(built):
         assert row["why"] == report.claim_reason(r) and row["why"]  # visible, in words
     row = claim_row(table, "beats_sgd")
     assert row["ours (90% CI)"] == "+3.0 pts [-1.0, 7.0]"
-    assert row["why"] == ("90% CI [-1.0, 7.0] pts reaches below 0.0 pts (one-sided p = 0.22); "
+    assert row["why"] == ("90% CI [-1.0, 7.0] pts reaches below 0.0 pts (p = 0.22, one-sided); "
                           "~12 seeds would decide")
     gap = claim_row(table, "gap_vs_sgd")
     assert gap["paper"] == "+3.0 pts ± 1.0 pts"
@@ -1271,3 +1271,27 @@ def test_colours_are_distinct_within_every_study_of_a_large_report(tmp_path):
         assert len(set(t.colors.values())) == len(t.methods), t.study.name
         assert set(t.colors.values()) <= set(report._palette()[:10])  # tab10's hues
     assert a.colors[REFERENCE] == c.colors[REFERENCE]  # shared methods keep their colour
+
+
+def test_a_withheld_reason_names_each_failed_check_once_with_its_seeds():
+    detail = "; ".join(f"rest_fraction_in_range (restwake_improved seed {s}: 0.000 (0/4 epochs), "
+                       "expected in [0.05, 0.3])" for s in range(3))
+    r = pd.Series({"verdict": f"withheld (mechanism check failed: {detail})",
+                   "reason": "verdict would be inconclusive (about 24 seeds needed): ..."})
+    assert report.claim_reason(r) == (
+        "mechanism check failed: rest_fraction_in_range (restwake_improved seeds 0, 1, 2: "
+        "0.000 (0/4 epochs), expected in [0.05, 0.3]); would otherwise be inconclusive")
+
+
+def test_a_long_reason_is_cut_on_the_first_screen_and_whole_in_the_scorecard(tmp_path):
+    tables = write_study_tables(tmp_path / "tables")
+    claims = pd.read_csv(tables / "claims.csv")
+    long = "a consistency check of our own model, not a reproduction " * 5
+    claims.loc[0, ["verdict", "reason"]] = ["check (of our own model)", long.strip()]
+    claims.to_csv(tables / "claims.csv", index=False)
+    t = report.load_study_tables(study_input(tables))
+    (first,) = [row for row in report.findings_rows(t) if row[0].value.startswith("check")]
+    assert len(first[-1].value) <= report.FINDING_WHY_CHARS + 2
+    assert first[-1].value.endswith(" …") and first[-1].title == long.strip()
+    card = report.scorecard_table(t)
+    assert any(report.html_cell(row[4]) == long.strip() for g in card.groups for row in g.rows)
