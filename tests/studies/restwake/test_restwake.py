@@ -70,7 +70,7 @@ def test_recompute_batchnorm_equals_the_average_of_batch_statistics():
     assert torch.allclose(net[1].running_var, var, atol=1e-5)
 
 
-def test_running_mean_is_the_mean_of_the_snapshots_since_consolidation_in_fp16():
+def test_running_mean_of_a_filling_buffer_is_its_snapshots_mean_in_fp16():
     torch.manual_seed(0)
     params = [torch.randn(5, 3), torch.randn(7)]
     m, buf = RunningMean(torch.device("cpu")), SnapshotBuffer(3, torch.device("cpu"))
