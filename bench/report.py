@@ -1859,8 +1859,19 @@ def _per_epoch(m: pd.DataFrame, col: str) -> pd.DataFrame:
     return s
 
 
+LINESTYLES = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)))
+
+
+def method_linestyle(t: StudyTables, method: str) -> Any:
+    """A line style per method (in the study's order) beside its colour: methods whose curves
+    coincide (three top-k controllers with the same modelled memory) stay tellable apart."""
+    i = t.methods.index(method) if method in t.methods else 0
+    return LINESTYLES[i % len(LINESTYLES)]
+
+
 def _method_legend(fig: MplFigure, t: StudyTables, methods: Iterable[str], extra=()) -> None:
-    handles = [*(Line2D([], [], color=t.colors[m], lw=2, label=m) for m in methods), *extra]
+    handles = [*(Line2D([], [], color=t.colors[m], lw=2, ls=method_linestyle(t, m), label=m)
+                 for m in methods), *extra]
     # as many columns as fit the figure's width: a label of 8 pt is ~0.075 in a character,
     # its line and gaps ~0.6 in (a long method name must not run off the figure)
     widest = max((len(h.get_label()) for h in handles), default=1)
@@ -1949,7 +1960,8 @@ def figure_val_acc(t: StudyTables) -> Figure:
                 continue
             present.append(method)
             curve = _per_epoch(m, "val_acc")
-            _plot_band(ax, curve, t.colors[method], scale=100.0)
+            _plot_band(ax, curve, t.colors[method], scale=100.0,
+                       ls=method_linestyle(t, method))
             final = _final_value(t, method, key, "val_acc")
             if final is not None and abs(final - float(curve["mean"].iloc[-1])) > FINAL_DIFFERS:
                 ax.plot(curve.index[-1], 100 * final, marker="*", ms=12, color=t.colors[method],
@@ -1997,7 +2009,7 @@ def figure_memory(t: StudyTables) -> Figure:
             if m.empty or not _has(m, col):
                 continue
             present.append(method)
-            _plot_band(ax, _per_epoch(m, col), t.colors[method])
+            _plot_band(ax, _per_epoch(m, col), t.colors[method], ls=method_linestyle(t, method))
         budgets |= _draw_budget(ax, key)
         ax.set_ylim(bottom=0)  # memory from zero: differences drawn to scale
         ax.set_title(group_label(*key))
