@@ -1090,6 +1090,15 @@ def _verdict_label(verdict: Any) -> str:
     return re.split(r"\s*\(", str(verdict).strip(), maxsplit=1)[0][:24]
 
 
+def _verdict_text(verdict: Any) -> str:
+    """The verdict as claims.csv writes it, a withheld one's failed checks each named once
+    with its seeds (`_condense_failures`): a row that fits a page."""
+    detail = _verdict_detail(verdict)
+    if _verdict_kind(verdict) != "withheld" or not detail:
+        return format_value(verdict)
+    return f"withheld ({_condense_failures(detail)})"
+
+
 def _verdict_css(verdict: Any) -> str:
     return "v-" + _verdict_kind(verdict).replace(" ", "-")
 
@@ -1425,7 +1434,8 @@ def claims_table(t: StudyTables) -> Table | None:
                 Cell(_get(r, "p"), "p", title=format_value(_get(r, "test"))),
                 Cell(_get(r, "p_holm"), "p"), Cell(_get(r, "n"), "int"),
                 _seeds_cell(r),
-                Cell(verdict, css=_verdict_css(verdict), sub=format_value(_get(r, "reason"))
+                Cell(_verdict_text(verdict), css=_verdict_css(verdict),
+                     sub=format_value(_get(r, "reason"))
                      if not _is_missing(_get(r, "reason")) else ""),
             ])  # fmt: skip
         groups.append(Group(group_label(*key), rows))

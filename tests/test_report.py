@@ -834,6 +834,7 @@ def test_tex_compiles_with_two_passes_fits_the_page_and_has_contents(built, tmp_
     assert "Rerun to get" not in log  # two passes were enough
     overfull = re.findall(r"Overfull \\hbox \(([0-9.]+)pt too wide\)[^\n]*\n([^\n]*)", log)
     assert not overfull, f"{len(overfull)} overfull boxes, first: {overfull[:3]}"
+    assert "Overfull \\vbox" not in log  # no row or figure taller than the page
     toc = tex.with_suffix(".toc").read_text(errors="replace")
     for heading in ("Findings", f"Study: {STUDY}".replace("_", r"\_"), "Scorecard",
                     "Paper table", "Tables", "Claims not testable in this run", "Provenance"):
@@ -1295,3 +1296,21 @@ def test_a_long_reason_is_cut_on_the_first_screen_and_whole_in_the_scorecard(tmp
     assert first[-1].value.endswith(" …") and first[-1].title == long.strip()
     card = report.scorecard_table(t)
     assert any(report.html_cell(row[4]) == long.strip() for g in card.groups for row in g.rows)
+
+
+def test_claims_table_names_each_failed_check_once_so_a_row_fits_a_page(tmp_path):
+    """A withheld claim of six seeds and two checks was a LaTeX row taller than the page."""
+    tables = write_study_tables(tmp_path / "tables")
+    claims = pd.read_csv(tables / "claims.csv")
+    fails = "; ".join(f"{c} (topk_s1 seed {s}: 0 guard, 0 floor resets, expected >= 1)"
+                      for c in ("guard_reset", "not_degenerate") for s in range(6))
+    i = claims.index[claims["claim_id"] == "saves_activations"][0]
+    claims.loc[i, "verdict"] = f"withheld (mechanism check failed: {fails})"
+    claims.to_csv(tables / "claims.csv", index=False)
+    t = report.load_study_tables(study_input(tables))
+    table = report.claims_table(t)
+    (row,) = [r for g in table.groups for r in g.rows if r[0].value == "saves_activations"]
+    assert row[-1].value == (
+        "withheld (mechanism check failed: guard_reset (topk_s1 seeds 0, 1, 2, 3, 4, 5: 0 guard, "
+        "0 floor resets, expected >= 1); not_degenerate (topk_s1 seeds 0, 1, 2, 3, 4, 5: 0 "
+        "guard, 0 floor resets, expected >= 1))")
