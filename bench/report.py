@@ -2269,11 +2269,6 @@ def scorecard_order(claims: pd.DataFrame) -> list[tuple[tuple | None, list[pd.Se
     return out
 
 
-def _estimate_cell(r: Mapping[str, Any] | pd.Series) -> Cell:
-    return Cell((_get(r, "estimate"), _get(r, "ci_low"), _get(r, "ci_high")), "est",
-                bounds=claim_bounds(r))
-
-
 def _check_summaries(checks: pd.DataFrame, key: tuple, methods: Sequence[str]) -> list[Cell]:
     """One line per (method, check) of a group: passed k/n, or which seeds failed and how."""
     if checks.empty or not set(GROUP_KEYS) <= set(checks.columns):
