@@ -1393,11 +1393,17 @@ def _short(text: str, limit: int = FINDING_WHY_CHARS) -> str:
 
 
 def _seeds_words(r: Mapping[str, Any] | pd.Series) -> str:
+    """The seeds a decision would need, with the verdict they would reach when the claims
+    table says it ('~8 seeds needed to reproduce'; 'to contradict')."""
+    words = _verdict_detail(_get(r, "verdict"))
+    to = re.search(r"seeds? needed (to \w+)", words)
     needed = _get(r, "seeds_needed")
     if not _is_missing(needed) and _numeric_text(needed):
-        return f"~{int(float(needed))} seeds would decide"
-    words = _verdict_detail(_get(r, "verdict"))
+        n = int(float(needed))
+        return f"~{n} seeds needed {to.group(1)}" if to else f"~{n} seeds would decide"
     words = words.replace("about ", "~").replace("more than ", "> ")
+    if to:
+        return words
     return words.replace("needed", "would decide") if words else "more seeds would decide"
 
 
@@ -2306,7 +2312,7 @@ def _seeds_cell(r: Mapping[str, Any] | pd.Series) -> Cell:
     it has no number ('more than 10,000' is written '> 10,000')."""
     needed = _get(r, "seeds_needed")
     if _is_missing(needed) and _verdict_kind(_get(r, "verdict")) == "inconclusive":
-        words = re.sub(r"\s*seeds? needed$", "", _verdict_detail(_get(r, "verdict")))
+        words = re.sub(r"\s*seeds? needed( to \w+)?$", "", _verdict_detail(_get(r, "verdict")))
         words = re.sub(r"^more than\s+", "> ", words.removeprefix("about "))
         return Cell(words or None, title=format_value(_get(r, "verdict")))
     return Cell(needed, "num")

@@ -1314,3 +1314,19 @@ def test_claims_table_names_each_failed_check_once_so_a_row_fits_a_page(tmp_path
         "withheld (mechanism check failed: guard_reset (topk_s1 seeds 0, 1, 2, 3, 4, 5: 0 guard, "
         "0 floor resets, expected >= 1); not_degenerate (topk_s1 seeds 0, 1, 2, 3, 4, 5: 0 "
         "guard, 0 floor resets, expected >= 1))")
+
+
+@pytest.mark.parametrize("needed, verdict, words", [
+    (8, "inconclusive (about 8 seeds needed to reproduce)", "~8 seeds needed to reproduce"),
+    (9, "inconclusive (about 9 seeds needed to contradict)", "~9 seeds needed to contradict"),
+    (None, "inconclusive (more than 10,000 seeds needed to reproduce)",
+     "> 10,000 seeds needed to reproduce"),
+    (12, "inconclusive (about 12 seeds needed)", "~12 seeds would decide"),  # older tables
+])
+def test_the_seeds_a_decision_needs_say_which_verdict_they_would_reach(needed, verdict, words):
+    r = pd.Series({"verdict": verdict, "kind": "equivalence", "seeds_needed": needed,
+                   "estimate": 0.001, "ci_low": -0.02, "ci_high": 0.02, "paper_value": 0.0,
+                   "margin": 0.01, "metric": "val_acc", "p": 0.3})
+    assert report._seeds_words(r) == words
+    cell = report._seeds_cell(r)
+    assert cell.value == (needed if needed is not None else "> 10,000")
