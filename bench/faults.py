@@ -877,7 +877,8 @@ def _injection(work: Path) -> Outcome:
     config = write_config(work, bad)
     refused = _snakemake(work, config)
     text = refused.stdout + refused.stderr
-    named = refused.returncode != 0 and "does not match" in text and "Traceback" not in text
+    named = (refused.returncode != 0 and "is not a valid name" in text
+             and "Traceback" not in text)
     no_results = not (work / "results").exists()
     results = work / f"res {_PAYLOAD} ü"
     good = tiny_config(work, {"epochs": 1})

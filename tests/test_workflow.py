@@ -271,7 +271,14 @@ def test_tradyn_pretrain_ranking_cells_and_efficiency_table(smoke_run):
     # budgeted methods are paired with the reference, which runs without a budget
     paired = read_csv(results / "tradyn" / "tables" / "paired_tests.csv")
     assert {r["method"] for r in paired} >= {"tradyn", "d_full_random", "last_layer"}
-    assert all(r["status"] == "tested" for r in paired if r["method"] == "tradyn")
+    rows = [r for r in paired if r["method"] == "tradyn"]
+    assert any(r["versus"] == "full_ft" and r["status"] == "tested" for r in rows)
+    # at smoke size the strategies sit near chance: a pair whose differences are all exactly
+    # zero is not testable (no spread to decide on), never a decided test
+    for r in rows:
+        assert r["status"] == "tested" or (
+            r["status"].startswith("not testable (zero variance")
+            and float(r["diff_ci_low"]) == float(r["diff_ci_high"]) == 0.0), r
     page = (results / "report" / "report.html").read_text()
     assert "weight sparsity" in page and "budget (bytes)" in page
 

@@ -107,7 +107,15 @@ def test_user_checkpoint_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         check_config({"studies": {"t": {**TINY_STUDY,
                                         "pretrain": {"checkpoint": str(tmp_path / "x.pt")}}}})
-    (tmp_path / "x.pt").write_bytes(b"")
+    (tmp_path / "x.pt").write_bytes(b"")  # exists, but is no checkpoint: refused up front
+    with pytest.raises(ConfigError, match="cannot be read as a checkpoint of weights"):
+        check_config({"studies": {"t": {**TINY_STUDY,
+                                        "pretrain": {"checkpoint": str(tmp_path / "x.pt")}}}})
+    import torch
+
+    from bench.models import build_model
+
+    torch.save(build_model("resnet18_cifar", 4, 3, {"width": 0.125}).state_dict(), tmp_path / "x.pt")
     cfg = check_config({"studies": {"t": {**TINY_STUDY,
                                           "pretrain": {"checkpoint": str(tmp_path / "x.pt")}}}})
     assert pretrain_checkpoint(cfg, "t", "resnet18_cifar") == str(tmp_path / "x.pt")
