@@ -45,3 +45,30 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 @pytest.fixture
 def smoke_config() -> dict[str, Any]:
     return check_config(load_config([ROOT / "config" / "smoke.yaml"]))
+
+
+def aggregate_scripted(tmp_path: Path, study: str, docs: list[dict[str, Any]], budget: str
+                       ) -> tuple[dict[str, str], Any]:
+    """Scripted result.json documents of `study` through the harness's aggregation with the
+    default config's study settings: (verdict by claim id in the group at `budget`, the
+    mechanism-check rows). The degenerate-mechanism catalogues of the studies use it."""
+    import json
+
+    import pandas as pd
+
+    from bench.aggregate import aggregate_study
+    from bench.config import claims_path
+
+    paths = []
+    for i, d in enumerate(docs):
+        p = tmp_path / "cells" / f"{i}" / "result.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    cfg = check_config(load_config([ROOT / "config" / "config.yaml"]))
+    study_cfg = cfg["studies"][study]
+    out = aggregate_study(paths, study_cfg["reference"], study_cfg["metrics"],
+                          claims_path(study), tmp_path / "tables", study_cfg)
+    claims = pd.read_csv(out["claims"], dtype={"budget": str})
+    claims = claims[claims["budget"] == budget]
+    return dict(zip(claims["claim_id"], claims["verdict"])), pd.read_csv(out["mechanism_checks"])

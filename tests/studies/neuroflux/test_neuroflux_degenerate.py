@@ -7,14 +7,12 @@ same documents with a live mechanism read a verdict, so every test here can fail
 
 from __future__ import annotations
 
-import json
-
-import pandas as pd
 import pytest
 
-from bench.aggregate import aggregate_study, load_claims
-from bench.config import ROOT, check_config, claims_path, load_config
+from bench.aggregate import load_claims
+from bench.config import claims_path
 from bench.studies.neuroflux import checks
+from tests.conftest import aggregate_scripted
 
 STUDY = "neuroflux"
 BUDGET = "34MiB"  # the default config's group (vgg16, digits, 34MiB)
@@ -63,19 +61,7 @@ def results(partition=None, nf_peak=29.4, bp_peak=30.4, device="cuda:0"):
 
 def verdicts(tmp_path, docs):
     """The harness's claims table (verdicts by claim id) and mechanism-check rows."""
-    paths = []
-    for i, d in enumerate(docs):
-        p = tmp_path / "cells" / f"{i}" / "result.json"
-        p.parent.mkdir(parents=True)
-        p.write_text(json.dumps(d))
-        paths.append(p)
-    cfg = check_config(load_config([ROOT / "config" / "config.yaml"]))
-    study_cfg = cfg["studies"][STUDY]
-    out = aggregate_study(paths, study_cfg["reference"], study_cfg["metrics"],
-                          claims_path(STUDY), tmp_path / "tables", study_cfg)
-    claims = pd.read_csv(out["claims"])
-    claims = claims[claims["budget"] == BUDGET]
-    return dict(zip(claims["claim_id"], claims["verdict"])), pd.read_csv(out["mechanism_checks"])
+    return aggregate_scripted(tmp_path, STUDY, docs, BUDGET)
 
 
 def assert_withheld(by_claim, check, claims=THESIS):

@@ -7,13 +7,8 @@ documents with a live mechanism read a verdict, so every test here can fail."""
 
 from __future__ import annotations
 
-import json
-
-import pandas as pd
-
-from bench.aggregate import aggregate_study
-from bench.config import ROOT, check_config, claims_path, load_config
 from bench.studies.tradyn import checks  # noqa: F401  (registers the study's checks)
+from tests.conftest import aggregate_scripted
 
 STUDY = "tradyn"
 BUDGET = 25943.0  # the default config's one budget, in units
@@ -72,19 +67,7 @@ def results(pool=None, used=None, k=None):
 
 def verdicts(tmp_path, docs):
     """The harness's verdicts by claim id (the budgeted group) and its mechanism-check rows."""
-    paths = []
-    for i, d in enumerate(docs):
-        p = tmp_path / "cells" / f"{i}" / "result.json"
-        p.parent.mkdir(parents=True)
-        p.write_text(json.dumps(d))
-        paths.append(p)
-    cfg = check_config(load_config([ROOT / "config" / "config.yaml"]))
-    study_cfg = cfg["studies"][STUDY]
-    out = aggregate_study(paths, study_cfg["reference"], study_cfg["metrics"],
-                          claims_path(STUDY), tmp_path / "tables", study_cfg)
-    claims = pd.read_csv(out["claims"], dtype={"budget": str})
-    claims = claims[claims["budget"] == str(int(BUDGET))]
-    return dict(zip(claims["claim_id"], claims["verdict"])), pd.read_csv(out["mechanism_checks"])
+    return aggregate_scripted(tmp_path, STUDY, docs, str(int(BUDGET)))
 
 
 def test_a_live_mechanism_reads_a_verdict(tmp_path):
